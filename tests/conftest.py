@@ -1,0 +1,99 @@
+"""Fixtures that start real redis-server processes on loopback (no mocks of Redis)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REDIS_SERVER = shutil.which("redis-server") or shutil.which("valkey-server")
+REDIS_CLI = shutil.which("redis-cli") or shutil.which("valkey-cli")
+
+requires_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisProcess:
+    """A redis-server started from a config file, stopped by the fixture that made it."""
+
+    def __init__(self, workdir: Path, config_text: str, port: int):
+        self.workdir = workdir
+        self.port = port
+        self.config = workdir / "redis.conf"
+        self.config.write_text(config_text)
+        self.log = workdir / "redis.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10.0) -> RedisProcess:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([REDIS_SERVER, str(self.config)], cwd=self.workdir,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not listen on {self.port}:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@pytest.fixture
+def redis_factory(tmp_path):
+    """Start redis-server processes: `redis_factory(extra_config_lines)` returns a running RedisProcess.
+
+    Each server gets its own directory, a free loopback port, and is stopped after the test.
+    """
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    started: list[RedisProcess] = []
+
+    def make(extra: str = "", port: int | None = None) -> RedisProcess:
+        port = port or free_port()
+        workdir = tmp_path / f"redis-{port}"
+        workdir.mkdir()
+        base = (f"port {port}\nbind 127.0.0.1\ndir {workdir}\nsave \"\"\nappendonly no\n"
+                f"daemonize no\nlogfile {workdir / 'redis.log'}\n")
+        proc = RedisProcess(workdir, base + extra, port)
+        started.append(proc)
+        return proc.start()
+
+    yield make
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def redis_env():
+    """Environment for redis-cli with no inherited password."""
+    env = dict(os.environ)
+    env.pop("REDISCLI_AUTH", None)
+    return env
