@@ -38,7 +38,7 @@ def redis_server_instances(instances, settings, engine, context):
             bind=bind,
             engine=context["engine"],
             profile=context["profile"],
-            client_host="127.0.0.1" if "127.0.0.1" in plain or "*" in plain or "0.0.0.0" in plain else plain[0],
+            client_host="127.0.0.1" if {"127.0.0.1", "*", "0.0.0.0"} & set(plain) else plain[0],  # noqa: S104
             unit=engine["unit"].format(name=name),
             conf=engine["conf"].format(name=name),
             acl_file=f"{engine['conf_dir']}/users-{name}.acl",

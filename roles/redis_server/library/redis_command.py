@@ -57,7 +57,8 @@ class Connection:
                 self.sock.close()
                 path = None
         if not path:
-            self.sock = socket.create_connection((settings.get("host", "127.0.0.1"), settings.get("port", 6379)), timeout)
+            address = (settings.get("host", "127.0.0.1"), settings.get("port", 6379))
+            self.sock = socket.create_connection(address, timeout)
         self.buffer = b""
 
     def close(self):
@@ -161,8 +162,8 @@ def main():
             reply = conn.call(*command)
             responses.append(reply)
             if params["expect"] is not None and reply != params["expect"]:
-                module.fail_json(msg=f"{' '.join(map(str, command[:3]))} returned {reply!r}, expected {params['expect']!r}",
-                                 responses=responses)
+                shown = " ".join(map(str, command[:3]))
+                module.fail_json(msg=f"{shown} returned {reply!r}, expected {params['expect']!r}", responses=responses)
     except RedisReplyError as exc:
         module.fail_json(msg=f"{' '.join(map(str, command[:3]))} failed: {exc}", responses=responses)
     finally:

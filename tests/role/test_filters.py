@@ -1,0 +1,101 @@
+"""The role's filters, and its list of runtime-changeable directives checked against a real server."""
+
+from __future__ import annotations
+
+import base64
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "roles/redis_server/filter_plugins"))
+
+from redis_conf import redis_conf_changes, redis_conf_parse, redis_memory_bytes, redis_server_plan  # noqa: E402
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("2gb", 2 * 1024**3), ("2GB", 2 * 1024**3), ("512mb", 512 * 1024**2), ("1g", 10**9), ("100k", 100_000),
+    ("0", 0), (1024, 1024), ("2 gigs", None), ("lots", None), ("-1", None), ("", None), (True, None),
+])
+def test_memory_sizes_parse_like_redis(value, expected):
+    assert redis_memory_bytes(value) == expected
+
+
+def test_config_parse_handles_quotes_and_repeats():
+    parsed = redis_conf_parse('# comment\nsave ""\nbind 127.0.0.1 -::1\nrename-command FLUSHALL ""\n'
+                              'rename-command KEYS "hidden keys"\n')
+    assert parsed["save"] == [[""]]
+    assert parsed["bind"] == [["127.0.0.1", "-::1"]]
+    assert parsed["rename-command"] == [["FLUSHALL", ""], ["KEYS", "hidden keys"]]
+
+
+def test_config_changes_name_new_changed_and_removed_directives():
+    old = "port 6379\nmaxmemory 1gb\nsave 900 1\n"
+    new = "maxmemory 2gb\nsave 900 1 300 10\nappendonly yes\n"
+    assert redis_conf_changes(old, new) == {"port": None, "maxmemory": "2gb", "save": "900 1 300 10",
+                                           "appendonly": "yes"}
+    assert redis_conf_changes(old, old) == {}
+
+
+def _results(changed_conf, before, after, active=True, dropin=False, acl=False):
+    b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
+    return {
+        "active": [{"stdout": "active" if active else "inactive"}],
+        "before": [{"content": b64(before)} if before is not None else {}],
+        "after": [{"content": b64(after)}],
+        "conf": [{"changed": changed_conf}],
+        "dropin": [{"changed": dropin}],
+        "acl": [{"changed": acl}],
+    }
+
+
+INSTANCE = [{"name": "main", "unit": "redis-server@main.service", "log_file": "/var/log/redis/x.log"}]
+RUNTIME = ["maxmemory", "save"]
+
+
+def test_plan_applies_runtime_changes_live():
+    results = _results(True, "maxmemory 1gb\n", "maxmemory 2gb\n", acl=True)
+    plan = redis_server_plan(INSTANCE, results, RUNTIME, "/c/{name}.toml")
+    assert plan[0]["restart"] is False
+    assert plan[0]["runtime"] == [["CONFIG", "SET", "maxmemory", "2gb"]]
+    assert plan[0]["acl_load"] is True
+    assert plan[0]["connection_file"] == "/c/main.toml"
+
+
+def test_plan_restarts_for_static_changes_removals_and_unit_changes():
+    results = _results(True, "port 1\nmaxmemory 1gb\n", "port 2\nmaxmemory 2gb\n")
+    static = redis_server_plan(INSTANCE, results, RUNTIME, "{name}")
+    assert static[0]["restart"] and static[0]["runtime"] == [] and static[0]["why"] == ["port"]
+    removed = redis_server_plan(INSTANCE, _results(True, "maxmemory 1gb\nhz 5\n", "maxmemory 1gb\n"), RUNTIME, "{name}")
+    assert removed[0]["restart"] and removed[0]["why"] == ["hz"]
+    unit = redis_server_plan(INSTANCE, _results(False, "x 1\n", "x 1\n", dropin=True), RUNTIME, "{name}")
+    assert unit[0]["restart"]
+
+
+def test_plan_leaves_stopped_instances_to_start_with_the_new_files():
+    results = _results(True, "port 1\n", "port 2\n", active=False, acl=True)
+    plan = redis_server_plan(INSTANCE, results, RUNTIME, "{name}")
+    assert plan[0] | {"restart": False, "runtime": [], "acl_load": False} == plan[0]
+
+
+def test_runtime_directives_are_settable_at_runtime(redis_factory):
+    role_vars = yaml.safe_load((ROOT / "roles/redis_server/vars/main.yml").read_text())
+    runtime = role_vars["_redis_server_runtime_directives"]
+    server = redis_factory()
+    client = redis.Redis(port=server.port, decode_responses=True)
+    for directive in runtime:
+        current = client.config_get(directive)
+        assert directive in current, f"{directive} is not a directive of this server"
+        assert client.config_set(directive, current[directive]), directive
+
+
+def test_argument_specs_and_defaults_list_the_same_variables():
+    defaults = yaml.safe_load((ROOT / "roles/redis_server/defaults/main.yml").read_text())
+    specs = yaml.safe_load((ROOT / "roles/redis_server/meta/argument_specs.yml").read_text())
+    options = specs["argument_specs"]["main"]["options"]
+    assert sorted(defaults) == sorted(options)
+    for name, spec in options.items():
+        assert spec.get("description"), f"{name} has no description"
