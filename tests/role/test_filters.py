@@ -43,7 +43,7 @@ def test_config_changes_name_new_changed_and_removed_directives():
 def _results(changed_conf, before, after, active=True, dropin=False, acl=False):
     b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
     return {
-        "active": [{"stdout": "active" if active else "inactive"}],
+        "services": {"redis-server@main.service": {"state": "running" if active else "stopped"}},
         "before": [{"content": b64(before)} if before is not None else {}],
         "after": [{"content": b64(after)}],
         "conf": [{"changed": changed_conf}],

@@ -56,7 +56,8 @@ def cli(host, env, port, *args, user=None, password=None, check=False):
     result = host.run(command)
     if check:
         assert result.rc == 0, result.stderr
-    return result.stdout.strip()
+    # redis-cli reports a failed AUTH on stderr and the command's reply on stdout.
+    return (result.stdout.strip() + "\n" + result.stderr.strip()).strip()
 
 
 def app(host, env, port, *args):

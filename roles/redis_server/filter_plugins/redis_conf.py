@@ -88,8 +88,8 @@ def redis_conf_changes(old_text, new_text):
 def redis_server_plan(instances, results, runtime_directives, connection_file):
     """How each instance takes this run's changes: live (CONFIG SET, ACL LOAD), restart, or nothing.
 
-    results holds the registered loop results of the tasks before, aligned with instances: active
-    (systemctl is-active), before and after (slurped config), conf, dropin and acl (templates).
+    results holds the service facts (services) and the registered loop results of the tasks before,
+    aligned with instances: before and after (slurped config), conf, dropin and acl (templates).
     A running instance restarts when its unit drop-in changed, when it had no config file before,
     or when a directive changed that CONFIG SET cannot change (or was removed). A stopped instance
     just starts with the new files.
@@ -102,7 +102,7 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
 
     plan = []
     for i, instance in enumerate(instances):
-        running = results["active"][i].get("stdout") == "active"
+        running = results["services"].get(instance["unit"], {}).get("state") == "running"
         had_conf = "content" in results["before"][i]
         changes = {}
         if results["conf"][i].get("changed"):
@@ -114,6 +114,7 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
             "name": instance["name"],
             "unit": instance["unit"],
             "log_file": instance["log_file"],
+            "running": running,
             "restart": restart,
             "why": static or (["unit drop-in"] if results["dropin"][i].get("changed") else ["first configuration"]),
             "runtime": [["CONFIG", "SET", key, value] for key, value in sorted(changes.items())] if live else [],

@@ -1,0 +1,56 @@
+# redis-infra: `make lab` runs it, `make test` tests it. Everything else is a step of those two.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+SCENARIOS ?= default production valkey
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help host venv collections images lab lab-destroy lint test test-fast test-molecule bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+host: ## Install and start what this machine needs (engine, debootstrap, redis-server, promtool)
+	scripts/bootstrap-host.sh
+
+$(BIN)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(BIN)/.installed ## Create the virtualenv with the pinned Python tools
+
+collections: venv ## Install the collections in requirements.yml (bundled with ansible: nothing to download)
+	$(BIN)/ansible-galaxy collection install -r requirements.yml >/dev/null
+
+images: host ## Build the Debian 12 and 13 systemd test images (skips existing ones)
+	scripts/build-images.sh
+
+lab: host venv collections images ## Start the lab containers and converge them with the production profile
+	scripts/lab.sh up
+
+lab-destroy: venv ## Stop and remove the lab containers
+	scripts/lab.sh down
+
+lint: venv collections ## yamllint, ansible-lint (production profile), ruff
+	$(BIN)/yamllint .
+	$(BIN)/ansible-lint
+	$(BIN)/ruff check .
+
+test-fast: venv collections ## Fast tests: templates and Python tools against real redis-server processes
+	$(BIN)/pytest -q tests
+
+test-molecule: venv collections images ## Every Molecule scenario: check mode, converge, idempotence, verify
+	set -e; for scenario in $(SCENARIOS); do $(BIN)/molecule test -s $$scenario; done
+
+test: host lint test-fast test-molecule ## Lint, fast tests, then every Molecule scenario
+
+bench: lab ## Benchmarks (see docs/benchmarks.md)
+	scripts/bench.sh
+
+clean: lab-destroy ## Remove the lab and the virtualenv
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The lab: local containers converged with the production profile (Molecule scenario `lab`).
+#   scripts/lab.sh up     create or update the lab, then print how to reach it (safe to re-run)
+#   scripts/lab.sh down   remove the lab containers
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH" ANSIBLE_CONFIG="$PWD/ansible.cfg"
+secrets=.lab/secrets.env
+
+case "${1:-up}" in
+  up)
+    if [ ! -f "$secrets" ]; then
+      mkdir -p .lab && chmod 700 .lab
+      umask 077
+      # URL-safe, 48 characters: usable as-is in redis://:password@host URLs.
+      for name in LAB_REDIS_PASSWORD LAB_REDIS_ADMIN_PASSWORD LAB_REDIS_MONITOR_PASSWORD; do
+        echo "$name=$(openssl rand -base64 36 | tr '+/' '-_')"
+      done > "$secrets"
+    fi
+    set -a; . "$secrets"; set +a
+    molecule converge -s lab
+    echo
+    echo "Lab ready (production profile, $(docker exec redis-infra-lab-1 redis-server --version | cut -d' ' -f1-3)):"
+    for host in $(docker ps --filter label=owner=molecule --filter name=redis-infra-lab --format '{{.Names}}'); do
+      ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$host")
+      echo "  $host  redis://:<LAB_REDIS_PASSWORD>@$ip:6379  (unit redis-server@main, config /etc/redis/redis-main.conf)"
+    done
+    echo "  Passwords: $secrets (application = default user, admin, monitor)."
+    echo "  Try:  docker exec -it redis-infra-lab-1 redis-cli --user admin --askpass INFO server"
+    echo "  Set up: AOF everysec + RDB snapshots, maxmemory 2gb allkeys-lru, ACL users default/admin/monitor"
+    echo "          (FLUSHALL, KEYS, CONFIG, ... refused for default), kernel settings saved (a container cannot apply them)."
+    echo "  Remove it with: make lab-destroy"
+    ;;
+  down)
+    if [ -f "$secrets" ]; then set -a; . "$secrets"; set +a; fi
+    molecule destroy -s lab
+    ;;
+  *)
+    echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
