@@ -1,0 +1,54 @@
+"""Backup tool for one Redis/Valkey instance: `python3 -m redis_infra.backup`.
+
+It takes an RDB snapshot with BGSAVE (and, when AOF is on, a consistent copy of the multi-part AOF
+directory), checks it with redis-check-rdb / redis-check-aof, compresses it, writes a SHA-256 sidecar,
+applies retention, optionally copies it off the host, and writes a JSON status file for the health
+checker. See docs/backup.md.
+
+The package must import without redis-py installed: only `run` needs it.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+# The ACL rules of the backup user: exactly what `run` needs, and no key or channel access.
+# The Ansible role builds the user from this string, e.g.
+#   ACL SETUSER backup reset on >PASSWORD <REQUIRED_ACL>
+# or the config line `user backup on >PASSWORD <REQUIRED_ACL>`.
+# `+hello +auth` let clients connect with RESP3/HELLO or AUTH; `+config|set` is only used for
+# auto-aof-rewrite-percentage during an AOF copy (protected configs such as `dir` stay refused
+# while `enable-protected-configs` is no, the default).
+REQUIRED_ACL_COMMANDS = ("ping", "info", "bgsave", "lastsave", "config|get", "config|set", "hello", "auth")
+REQUIRED_ACL = " ".join(f"+{command}" for command in REQUIRED_ACL_COMMANDS)
+
+
+class ExitCode(IntEnum):
+    """Exit codes of every subcommand; documented in docs/backup.md."""
+
+    OK = 0
+    INTERNAL = 1          # unexpected error (a bug) or interrupted by a signal
+    CONFIG = 2            # bad command line, config file, connection file or tool path
+    REDIS = 3             # Redis unreachable, authentication refused, or ACL denies a needed command
+    BACKUP_DIR = 4        # backup directory (or lock/status/destination path) missing or not writable
+    WRITE = 5             # disk full or I/O error while writing
+    VERIFY = 6            # verification failed: checksum mismatch, redis-check-rdb or redis-check-aof
+    LOCKED = 7            # another run holds the lock
+    SNAPSHOT = 8          # Redis could not produce the snapshot: BGSAVE failed/timed out, RDB unreadable
+    OFFSITE = 9           # off-host copy failed (the local backup was kept; retention skipped)
+    NOT_FOUND = 10        # no (valid) backup matches
+
+
+class BackupError(Exception):
+    """A failure with the exit code it maps to; the message is meant for the operator."""
+
+    def __init__(self, code: ExitCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+__all__ = ["REQUIRED_ACL", "REQUIRED_ACL_COMMANDS", "BackupError", "ExitCode"]

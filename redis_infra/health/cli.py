@@ -1,0 +1,138 @@
+"""Command line: `python3 -m redis_infra.health {serve,check,acl} [--config PATH]`.
+
+check exit codes follow Nagios/Icinga: 0 healthy (OK), 1 degraded (WARNING), 2 unhealthy (CRITICAL).
+A configuration error is one line on stderr and exit code 2 (for serve and check alike).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+
+from . import DEFAULT_CONFIG_PATH, HEALTHY, REQUIRED_ACL, STATUS_CODES
+from .config import ConfigError, load_config
+
+PROG = "python3 -m redis_infra.health"
+NAGIOS_WORDS = {0: "OK", 1: "WARNING", 2: "CRITICAL"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Health checker for local Redis/Valkey instances.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,check,acl}")
+    serve = sub.add_parser("serve", help="run the check loop and the HTTP server")
+    serve.add_argument("--config", default=DEFAULT_CONFIG_PATH, help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    check = sub.add_parser("check", help="check once; exit 0 healthy, 1 degraded, 2 unhealthy")
+    check.add_argument("--config", default=DEFAULT_CONFIG_PATH, help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    check.add_argument("--json", action="store_true", help="print the full result as JSON")
+    check.add_argument("--instance", action="append", metavar="NAME",
+                       help="check only this instance (repeatable)")
+    sub.add_parser("acl", help="print the ACL rules the monitoring user needs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "acl":
+        print(REQUIRED_ACL)
+        return 0
+    try:
+        config = load_config(args.config)
+        if args.command == "check" and args.instance:
+            config = _only(config, args.instance)
+    except ConfigError as exc:
+        print(f"{PROG}: config error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=getattr(logging, config.log_level.upper()), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "check":
+        return run_check(config, as_json=args.json)
+    return run_serve(config)
+
+
+def _only(config, names: list[str]):
+    from dataclasses import replace
+
+    known = {instance.name for instance in config.instances}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(f"{config.source}: --instance '{unknown[0]}' is not configured "
+                          f"(configured: {', '.join(sorted(known))})")
+    return replace(config, instances=tuple(i for i in config.instances if i.name in names))
+
+
+def run_check(config, as_json: bool = False, out=None) -> int:
+    from .service import Monitor
+
+    out = out or sys.stdout
+    logging.getLogger("redis_infra.health").setLevel(logging.ERROR)   # status changes are the output here
+    monitor = Monitor(config)
+    snapshot = monitor.run_once()
+    status = snapshot.status
+    code = STATUS_CODES.get(status, 2)
+    if as_json:
+        data = json.loads(snapshot.detail_body)
+        data["exit_code"] = code
+        out.write(json.dumps(data, indent=2) + "\n")
+        return code
+    summary = ", ".join(f"{result.name} {result.status}" for result in snapshot.results)
+    perf = []
+    for result in snapshot.results:
+        for check in result.checks:
+            if isinstance(check.value, int | float) and check.unit in ("ms", "%"):
+                unit = check.unit
+                thr = check.threshold or {}
+                perf.append(f"{result.name}_{check.name}={check.value}{unit};"
+                            f"{_num(thr.get('degraded'))};{_num(thr.get('unhealthy'))}")
+    out.write(f"REDIS-HEALTH {NAGIOS_WORDS[code]} - {status}: {summary}" + (f" | {' '.join(perf)}" if perf else "")
+              + "\n")
+    for result in snapshot.results:
+        for check in result.checks:
+            marker = "" if check.status == HEALTHY else " <--"
+            out.write(f"{result.name} {check.name}: {check.status} - {check.reason}{marker}\n")
+    return code
+
+
+def _num(value) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else ""
+
+
+def run_serve(config) -> int:
+    from .service import HealthServer, Monitor
+    from .webhook import WebhookNotifier
+
+    log = logging.getLogger("redis_infra.health")
+    notifier = WebhookNotifier(config.webhook).start() if config.webhook else None
+    monitor = Monitor(config, notifier)
+    try:
+        server = HealthServer((config.listen_address, config.listen_port), monitor, config.http_max_connections)
+    except OSError as exc:
+        print(f"{PROG}: cannot listen on {config.listen_address}:{config.listen_port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        if notifier:
+            notifier.stop()
+        return 2
+
+    def shutdown(signum, _frame):
+        log.info("signal %d: shutting down", signum)
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    monitor.start()
+    host, port = server.server_address[:2]
+    log.info("serving on %s:%d, checking %d instance(s) every %g s: %s", host, port, len(config.instances),
+             config.interval, ", ".join(instance.name for instance in config.instances))
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        monitor.stop()
+        if notifier:
+            notifier.stop()
+        server.server_close()
+    return 0
+
+

@@ -1,0 +1,72 @@
+"""Fixtures of the health checker tests; the helpers live in health_helpers.py."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from health_helpers import (
+    ACL_LINE,
+    MONITOR_PASSWORD,
+    Instance,
+    RunningChecker,
+    write_connection_file,
+    write_health_config,
+)
+
+from redis_infra.health.config import load_config
+
+
+@pytest.fixture
+def make_instance(redis_factory, tmp_path):
+    """Start a redis-server with the monitoring user; returns an Instance with its connection file."""
+    def make(name: str = "main", extra: str = "", username: str | None = "monitor",
+             password: str | None = MONITOR_PASSWORD) -> Instance:
+        proc = redis_factory(ACL_LINE + extra)
+        conn_file = write_connection_file(tmp_path / f"conn-{name}-{proc.port}.toml", name, proc.port,
+                                          username, password)
+        return Instance(name, proc, conn_file)
+    return make
+
+
+@pytest.fixture
+def health_config(tmp_path):
+    """Write a checker config for some Instances (or instance dicts) and load it: returns (Config, path)."""
+    counter = iter(range(1000))
+
+    def make(instances, thresholds=None, webhook=None, **top):
+        tables = []
+        for item in instances:
+            if isinstance(item, Instance):
+                tables.append({"name": item.name, "connection_file": str(item.conn_file)})
+            else:
+                tables.append(item)
+        path = write_health_config(tmp_path / f"health-{next(counter)}.toml", tables, thresholds, webhook, **top)
+        return load_config(str(path)), path
+    return make
+
+
+@pytest.fixture
+def run_checker():
+    """Start the check loop and the HTTP server (port 0) for a Config; both stopped after the test."""
+    from redis_infra.health.service import HealthServer, Monitor
+
+    started = []
+
+    def start(config, notifier=None) -> RunningChecker:
+        monitor = Monitor(config, notifier)
+        server = HealthServer(("127.0.0.1", 0), monitor, config.http_max_connections)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        thread.start()
+        monitor.start()
+        started.append((monitor, server, thread, notifier))
+        return RunningChecker(monitor, server)
+
+    yield start
+    for monitor, server, thread, notifier in started:
+        monitor.stop()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        if notifier is not None:
+            notifier.stop()
