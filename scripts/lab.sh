@@ -9,11 +9,11 @@ secrets=.lab/secrets.env
 
 case "${1:-up}" in
   up)
-    if [ ! -f "$secrets" ]; then
+    if [ ! -f "$secrets" ] || ! grep -q LAB_REDIS_BACKUP_PASSWORD "$secrets"; then
       mkdir -p .lab && chmod 700 .lab
       umask 077
       # URL-safe, 48 characters: usable as-is in redis://:password@host URLs.
-      for name in LAB_REDIS_PASSWORD LAB_REDIS_ADMIN_PASSWORD LAB_REDIS_MONITOR_PASSWORD; do
+      for name in LAB_REDIS_PASSWORD LAB_REDIS_ADMIN_PASSWORD LAB_REDIS_MONITOR_PASSWORD LAB_REDIS_BACKUP_PASSWORD; do
         echo "$name=$(openssl rand -base64 36 | tr '+/' '-_')"
       done > "$secrets"
     fi

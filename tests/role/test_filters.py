@@ -99,3 +99,11 @@ def test_argument_specs_and_defaults_list_the_same_variables():
     assert sorted(defaults) == sorted(options)
     for name, spec in options.items():
         assert spec.get("description"), f"{name} has no description"
+
+
+def test_tool_users_get_exactly_what_the_tools_declare():
+    from redis_infra import backup, health
+
+    defaults = yaml.safe_load((ROOT / "roles/redis_server/defaults/main.yml").read_text())
+    assert defaults["redis_server_monitor_acl"].split() == health.REQUIRED_ACL.split()
+    assert defaults["redis_server_backup_acl"].split() == backup.REQUIRED_ACL.split()

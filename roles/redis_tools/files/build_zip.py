@@ -1,0 +1,31 @@
+"""Pack the redis_infra package into a zip whose bytes depend only on the sources.
+
+Fixed timestamps and order make the archive identical from run to run, so that copying it to the
+hosts is idempotent; compiled files and caches are left out. Usage: build_zip.py SOURCE_DIR OUT_ZIP
+"""
+
+import os
+import sys
+import zipfile
+
+
+def main(source: str, out: str) -> None:
+    parent = os.path.dirname(os.path.abspath(source))
+    files = []
+    for root, dirs, names in os.walk(source):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        files += [os.path.join(root, name) for name in names if name.endswith(".py")]
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".tmp"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(files):
+            info = zipfile.ZipInfo(os.path.relpath(path, parent), date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with open(path, "rb") as handle:
+                archive.writestr(info, handle.read())
+    os.replace(tmp, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
