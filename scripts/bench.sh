@@ -18,10 +18,10 @@ in_lab() { docker exec -i "$host" "$@"; }
 # random one that is removed at the end, never a real one.
 bench_password=$(openssl rand -hex 24)
 admin() { in_lab env REDISCLI_AUTH="$LAB_REDIS_ADMIN_PASSWORD" redis-cli --no-auth-warning --user admin "$@"; }
-admin ACL SETUSER bench on ">$bench_password" '~bench:*' '&*' +@all >/dev/null
+admin ACL SETUSER bench on ">$bench_password" '~key:*' '&*' +@all >/dev/null
 cleanup() {
   admin ACL DELUSER bench >/dev/null 2>&1 || true
-  in_lab sh -c 'kill $(cat /tmp/stock/redis.pid) 2>/dev/null; rm -rf /tmp/stock' || true
+  in_lab sh -c "pkill -f /tmp/stock/redis.conf; rm -rf /tmp/stock" 2>/dev/null || true
 }
 trap cleanup EXIT
 
