@@ -21,11 +21,12 @@ admin() { in_lab env REDISCLI_AUTH="$LAB_REDIS_ADMIN_PASSWORD" redis-cli --no-au
 admin ACL SETUSER bench on ">$bench_password" '~key:*' '&*' +@all >/dev/null
 cleanup() {
   admin ACL DELUSER bench >/dev/null 2>&1 || true
-  in_lab sh -c "pkill -f /tmp/stock/redis.conf; rm -rf /tmp/stock" 2>/dev/null || true
+  in_lab sh -c "redis-cli -p 6390 shutdown nosave; rm -rf /tmp/stock" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
 # The distribution's stock config, on port 6390, with only what must differ to run beside the instance.
+in_lab sh -c 'redis-cli -p 6390 shutdown nosave' >/dev/null 2>&1 || true
 in_lab sh -c 'mkdir -p /tmp/stock && chown redis: /tmp/stock &&
   sed -e "s/^port .*/port 6390/" -e "s|^dir .*|dir /tmp/stock|" -e "s|^logfile .*|logfile /tmp/stock/redis.log|" \
       -e "s|^pidfile .*|pidfile /tmp/stock/redis.pid|" -e "s/^daemonize .*/daemonize yes/" -e "s/^supervised .*/supervised no/" \
