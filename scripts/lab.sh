@@ -24,10 +24,11 @@ case "${1:-up}" in
     for host in $(docker ps --filter label=owner=molecule --filter name=redis-infra-lab --format '{{.Names}}'); do
       ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$host")
       echo "  $host  redis://:<LAB_REDIS_PASSWORD>@$ip:6379  (unit redis-server@main, config /etc/redis/redis-main.conf)"
+      echo "  $host  health: http://$ip:9122/api/health  metrics: http://$ip:9122/metrics"
     done
-    echo "  Passwords: $secrets (application = default user, admin, monitor)."
+    echo "  Passwords: $secrets (application = default user, admin, monitor, backup)."
     echo "  Try:  docker exec -it redis-infra-lab-1 redis-cli --user admin --askpass INFO server"
-    echo "  Set up: AOF everysec + RDB snapshots, maxmemory 2gb allkeys-lru, ACL users default/admin/monitor"
+    echo "  Set up: AOF everysec + RDB snapshots, maxmemory 2gb allkeys-lru, ACL users default/admin/monitor/backup"
     echo "          (FLUSHALL, KEYS, CONFIG, ... refused for default), kernel settings saved (a container cannot apply them)."
     echo "  Remove it with: make lab-destroy"
     ;;
