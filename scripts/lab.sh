@@ -9,11 +9,12 @@ secrets=.lab/secrets.env
 
 case "${1:-up}" in
   up)
-    if [ ! -f "$secrets" ] || ! grep -q LAB_REDIS_BACKUP_PASSWORD "$secrets"; then
+    if [ ! -f "$secrets" ] || ! grep -q LAB_SENTINEL_PASSWORD "$secrets"; then
       mkdir -p .lab && chmod 700 .lab
       umask 077
       # URL-safe, 48 characters: usable as-is in redis://:password@host URLs.
-      for name in LAB_REDIS_PASSWORD LAB_REDIS_ADMIN_PASSWORD LAB_REDIS_MONITOR_PASSWORD LAB_REDIS_BACKUP_PASSWORD; do
+      for name in LAB_REDIS_PASSWORD LAB_REDIS_ADMIN_PASSWORD LAB_REDIS_MONITOR_PASSWORD LAB_REDIS_BACKUP_PASSWORD \
+                  LAB_REDIS_REPLICATION_PASSWORD LAB_REDIS_SENTINEL_ACL_PASSWORD LAB_SENTINEL_PASSWORD; do
         echo "$name=$(openssl rand -base64 36 | tr '+/' '-_')"
       done > "$secrets"
     fi
@@ -21,15 +22,18 @@ case "${1:-up}" in
     molecule converge -s lab
     echo
     echo "Lab ready (production profile, $(docker exec redis-infra-lab-1 redis-server --version | cut -d' ' -f1-3)):"
-    for host in $(docker ps --filter label=owner=molecule --filter name=redis-infra-lab --format '{{.Names}}'); do
+    for host in $(docker ps --filter label=owner=molecule --filter name=redis-infra-lab --format '{{.Names}}' | sort); do
       ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$host")
-      echo "  $host  redis://:<LAB_REDIS_PASSWORD>@$ip:6379  (unit redis-server@main, config /etc/redis/redis-main.conf)"
-      echo "  $host  health: http://$ip:9122/api/health  metrics: http://$ip:9122/metrics"
+      role=$(docker exec "$host" env REDISCLI_AUTH="$LAB_REDIS_ADMIN_PASSWORD" redis-cli --no-auth-warning --user admin ROLE | head -1)
+      echo "  $host  $ip  redis :6379 ($role)  sentinel :26379  health http://$ip:9122/api/health"
     done
-    echo "  Passwords: $secrets (application = default user, admin, monitor, backup)."
-    echo "  Try:  docker exec -it redis-infra-lab-1 redis-cli --user admin --askpass INFO server"
-    echo "  Set up: AOF everysec + RDB snapshots, maxmemory 2gb allkeys-lru, ACL users default/admin/monitor/backup"
-    echo "          (FLUSHALL, KEYS, CONFIG, ... refused for default), kernel settings saved (a container cannot apply them)."
+    echo "  Topology (primary, replicas, Sentinels): .lab/topology.json"
+    echo "  Applications: ask a Sentinel for 'main' (SENTINEL GET-MASTER-ADDR-BY-NAME main), then redis://:<LAB_REDIS_PASSWORD>@<primary>:6379"
+    echo "  Passwords: $secrets (application = default user, admin, monitor, backup, replication, Sentinel)."
+    echo "  Try:  docker exec -it redis-infra-lab-1 redis-cli --user admin --askpass INFO replication"
+    echo "  Set up: AOF everysec + RDB snapshots, maxmemory 2gb allkeys-lru, ACL users (FLUSHALL, KEYS, CONFIG, ..."
+    echo "          refused for the application), nightly verified backups, health checker on :9122, Sentinel"
+    echo "          failover; kernel settings saved (a container cannot apply them)."
     echo "  Remove it with: make lab-destroy"
     ;;
   down)

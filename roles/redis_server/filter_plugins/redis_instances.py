@@ -42,6 +42,7 @@ def redis_server_instances(instances, settings, engine, context):
             unit=engine["unit"].format(name=name),
             conf=engine["conf"].format(name=name),
             acl_file=f"{engine['conf_dir']}/users-{name}.acl",
+            masterauth_file=f"{engine['conf_dir']}/masterauth-{name}.conf",
             dir=f"{engine['data_root']}/{name}",
             log_file=engine["log_file"].format(name=name),
             run_dir=run_dir,

@@ -1,0 +1,1 @@
+../../redis_server/library/redis_command.py

@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""Failover benchmark for a Sentinel topology of containers (the `ha` Molecule scenario or the lab).
+
+Measures, with the settings the inventory deployed:
+  failover   time from the primary stopping (docker pause: it stops answering, as in the failover test)
+             to the first successful write on the primary Sentinel then names; median and max over N trials.
+  steady     seconds of steady writes with a healthy primary; reports any change of primary (must be none).
+  rolling    write-outage window of playbooks/rolling-restart.yml under a steady write load, writes
+             acknowledged with WAIT 1; checks that every acknowledged write is on the final primary.
+
+Passwords come from the environment, never argv: REDIS_PASSWORD (the application's), SENTINEL_PASSWORD.
+Containers are found by address with `docker inspect`; run it on the machine that runs them.
+
+  REDIS_PASSWORD=... SENTINEL_PASSWORD=... scripts/bench-failover.py --sentinel 172.18.0.2 \
+      --sentinel 172.18.0.3 --sentinel 172.18.0.4 --trials 10 --steady 120 --rolling-inventory INVENTORY
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def containers_by_address():
+    ids = subprocess.run(["docker", "ps", "-q"], capture_output=True, text=True, check=True).stdout.split()
+    if not ids:
+        return {}
+    data = json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True).stdout)
+    result = {}
+    for item in data:
+        for network in item["NetworkSettings"]["Networks"].values():
+            if network.get("IPAddress"):
+                result[network["IPAddress"]] = item["Name"].lstrip("/")
+    return result
+
+
+class Topology:
+    def __init__(self, sentinels, port, master, password, sentinel_password):
+        self.sentinels = sentinels
+        self.port = port
+        self.master = master
+        self.password = password
+        self.sentinel_password = sentinel_password
+
+    def primary(self, skip=()):
+        """The address the first answering Sentinel (not on a skipped address) gives for the primary."""
+        for address in self.sentinels:
+            if address in skip:
+                continue
+            try:
+                client = redis.Redis(host=address, port=self.port, password=self.sentinel_password,
+                                     socket_timeout=0.5, socket_connect_timeout=0.5, decode_responses=True)
+                host, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master)
+                return host, int(port)
+            except (redis.RedisError, OSError, TypeError, ValueError):
+                continue
+        return None
+
+    def client(self, address, timeout=0.5):
+        host, port = address
+        return redis.Redis(host=host, port=port, password=self.password, socket_timeout=timeout,
+                           socket_connect_timeout=timeout, decode_responses=True)
+
+    def wait_settled(self, old, timeout=120):
+        """Until the old primary is a replica with its link up and no Sentinel flags it down."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                info = self.client(old, 1).info("replication")
+                settled = info.get("role") == "slave" and info.get("master_link_status") == "up"
+                flags = []
+                for address in self.sentinels:
+                    sentinel = redis.Redis(host=address, port=self.port, password=self.sentinel_password,
+                                           socket_timeout=1, decode_responses=True)
+                    # A Sentinel that was frozen (paused with its host) stays in TILT mode for 30 s and
+                    # takes no part in failovers: the next trial waits until every Sentinel is out of it.
+                    if int(sentinel.info("sentinel").get("sentinel_tilt", 0)):
+                        flags.append("tilt-down")
+                    for replica in sentinel.execute_command("SENTINEL", "REPLICAS", self.master):
+                        # redis-py parses the reply into a dict (flags as a set); raw replies are flat lists.
+                        fields = replica if isinstance(replica, dict) else dict(
+                            zip(replica[::2], replica[1::2], strict=False))
+                        if fields["ip"] == old[0]:
+                            raw = fields["flags"]
+                            flags.append(raw if isinstance(raw, str) else ",".join(sorted(raw)))
+                if settled and flags and all("down" not in flag for flag in flags):
+                    return True
+            except (redis.RedisError, OSError):
+                pass
+            time.sleep(0.5)
+        return False
+
+
+def failover_trials(topology, trials, pause_seconds):
+    containers = containers_by_address()
+    figures = []
+    for trial in range(1, trials + 1):
+        old = topology.primary()
+        container = containers[old[0]]
+        subprocess.run(["docker", "pause", container], check=True, stdout=subprocess.DEVNULL)
+        stopped = time.monotonic()
+        try:
+            elapsed = None
+            while time.monotonic() - stopped < 60:
+                new = topology.primary(skip={old[0]})
+                if new and new != old:
+                    try:
+                        if topology.client(new).set("bench:failover", trial):
+                            elapsed = time.monotonic() - stopped
+                            break
+                    except (redis.RedisError, OSError):
+                        pass
+                time.sleep(0.05)
+            # Keep the old primary down as long as the failover test does, then let it rejoin.
+            time.sleep(max(0.0, pause_seconds - (time.monotonic() - stopped)))
+        finally:
+            subprocess.run(["docker", "unpause", container], check=False, stdout=subprocess.DEVNULL)
+        if elapsed is None:
+            print(f"trial {trial}: no write succeeded on a new primary within 60 s", flush=True)
+            return figures
+        figures.append(elapsed)
+        print(f"trial {trial}: {old[0]} paused, write on {topology.primary()[0]} after {elapsed:.2f} s", flush=True)
+        if not topology.wait_settled(old):
+            print(f"trial {trial}: {old[0]} did not settle as a replica", flush=True)
+            return figures
+        time.sleep(3)
+    return figures
+
+
+class Writer(threading.Thread):
+    """Steady writes (SET + WAIT 1) through the primary Sentinel names; records failures and acknowledged keys."""
+
+    def __init__(self, topology, interval=0.01):
+        super().__init__(daemon=True)
+        self.topology = topology
+        self.interval = interval
+        self.stop = threading.Event()
+        self.acknowledged = []
+        self.failures = []  # monotonic times of failed writes
+        self.primaries = set()
+
+    def run(self):
+        counter = 0
+        address, client = None, None
+        while not self.stop.is_set():
+            counter += 1
+            key = f"bench:write:{counter}"
+            try:
+                if client is None:
+                    address = self.topology.primary()
+                    self.primaries.add(address)
+                    client = self.topology.client(address)
+                pipe = client.pipeline(transaction=False)
+                pipe.set(key, counter)
+                pipe.execute_command("WAIT", 1, 200)
+                _, acked = pipe.execute()
+                if int(acked) >= 1:
+                    self.acknowledged.append(key)
+                else:
+                    self.failures.append(time.monotonic())
+            except (redis.RedisError, OSError, TypeError):
+                self.failures.append(time.monotonic())
+                client = None
+            time.sleep(self.interval)
+
+
+def longest_outage(failures, gap=0.5):
+    """Longest stretch of consecutive failed writes (failures closer than `gap` s belong together)."""
+    if not failures:
+        return 0.0
+    longest, start, last = 0.0, failures[0], failures[0]
+    for moment in failures[1:]:
+        if moment - last > gap:
+            longest, start = max(longest, last - start), moment
+        last = moment
+    return max(longest, last - start)
+
+
+def steady(topology, seconds):
+    before = topology.primary()
+    writer = Writer(topology)
+    writer.start()
+    time.sleep(seconds)
+    writer.stop.set()
+    writer.join()
+    after = topology.primary()
+    print(f"steady: {seconds} s, {len(writer.acknowledged)} acknowledged writes, {len(writer.failures)} failed, "
+          f"primary {before[0]} -> {after[0]}", flush=True)
+    return before == after and not writer.failures
+
+
+def rolling(topology, inventory):
+    writer = Writer(topology)
+    writer.start()
+    time.sleep(2)
+    started = time.monotonic()
+    playbook = Path(sys.executable).with_name("ansible-playbook")
+    command = str(playbook) if playbook.exists() else "ansible-playbook"
+    result = subprocess.run([command, "-i", inventory, str(ROOT / "playbooks/rolling-restart.yml")],
+                            capture_output=True, text=True, check=False)
+    took = time.monotonic() - started
+    time.sleep(2)
+    writer.stop.set()
+    writer.join()
+    if result.returncode != 0:
+        print(result.stdout[-3000:], file=sys.stderr)
+        return None
+    primary = topology.client(topology.primary(), 2)
+    lost = [key for key in writer.acknowledged if primary.get(key) is None]
+    outage = longest_outage(writer.failures)
+    print(f"rolling restart: {took:.1f} s, {len(writer.acknowledged)} acknowledged writes, {len(lost)} lost, "
+          f"{len(writer.failures)} failed writes, longest write outage {outage:.2f} s", flush=True)
+    return {"seconds": took, "acknowledged": len(writer.acknowledged), "lost": len(lost),
+            "failed": len(writer.failures), "outage": outage}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sentinel", action="append", required=True, help="address of a Sentinel (repeat)")
+    parser.add_argument("--sentinel-port", type=int, default=26379)
+    parser.add_argument("--master", default="main", help="Sentinel's name of the primary (the instance's name)")
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--pause", type=float, default=10.0, help="seconds the primary stays paused")
+    parser.add_argument("--steady", type=int, default=0, help="seconds of steady load with a healthy primary")
+    parser.add_argument("--rolling-inventory", help="inventory for playbooks/rolling-restart.yml")
+    args = parser.parse_args()
+    topology = Topology(args.sentinel, args.sentinel_port, args.master,
+                        os.environ.get("REDIS_PASSWORD") or None, os.environ.get("SENTINEL_PASSWORD") or None)
+    report = {}
+    if args.trials:
+        figures = failover_trials(topology, args.trials, args.pause)
+        if figures:
+            report["failover"] = {"trials": len(figures), "median": round(statistics.median(figures), 2),
+                                  "max": round(max(figures), 2), "all": [round(f, 2) for f in figures]}
+    if args.steady:
+        report["steady_no_failover"] = steady(topology, args.steady)
+    if args.rolling_inventory:
+        report["rolling_restart"] = rolling(topology, args.rolling_inventory)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
