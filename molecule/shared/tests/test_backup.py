@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import pytest
+from preflight_cases import FAILURE_MESSAGE
 
 PROJECT = os.path.join(os.path.dirname(__file__), "..", "..", "..")
 CRON_FILE = "/etc/cron.d/redis-infra-backup"
@@ -45,9 +46,6 @@ print(len(out), hashlib.sha256(repr(out).encode()).hexdigest())
 """
 
 # A loop's failure says only "One or more items failed": the items' messages are in its results.
-FAILURE_MESSAGE = ("((ansible_failed_result.results | default([]) | selectattr('failed', 'defined')"
-                   " | selectattr('failed') | map(attribute='msg') | list)"
-                   " + [ansible_failed_result.msg | default('') | string]) | join(' ')")
 
 # Every data type, keys with and without a TTL, and one in another database.
 DATA = [

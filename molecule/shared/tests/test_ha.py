@@ -15,6 +15,7 @@ import time
 
 import pytest
 import testinfra
+from preflight_cases import case_tasks
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE")
@@ -179,14 +180,6 @@ def _converge(*args):
     return _playbook(converge, *args)
 
 
-def _record(name, message):
-    entry = "[{'case': %s, 'msg': %s}]" % (json.dumps(name), message)  # noqa: UP031
-    return {"ansible.builtin.set_fact": {"__outcomes": "{{ __outcomes | default([]) + %s }}" % entry}}  # noqa: UP031
-
-
-FAILURE_MESSAGE = ("((ansible_failed_result.results | default([]) | selectattr('failed', 'defined')"
-                   " | selectattr('failed') | map(attribute='msg') | list)"
-                   " + [ansible_failed_result.msg | default('') | string]) | join(' ')")
 # {host: [outcomes]} for every host that ran a case.
 SAVED_OUTCOMES = ("{{ dict(groups['redis'] | map('extract', hostvars) | selectattr('__outcomes', 'defined')"
                   " | map(attribute='inventory_hostname') | zip(groups['redis'] | map('extract', hostvars)"
@@ -211,8 +204,7 @@ def test_bad_topology_fails_in_preflight_naming_the_variable_and_changes_nothing
     for case, group, role, _variable, variables in BAD_TOPOLOGY:
         plays.append({
             "name": f"Case: {case}", "hosts": group, "become": True, "gather_facts": False, "vars": variables,
-            "tasks": [{"block": [{"ansible.builtin.include_role": {"name": role}}, _record(case, "'accepted'")],
-                       "rescue": [_record(case, FAILURE_MESSAGE)]}],
+            "tasks": case_tasks(case, role),
         })
     plays.append({"name": "Save the outcomes", "hosts": "redis", "gather_facts": False, "tasks": [
         {"ansible.builtin.copy": {"content": SAVED_OUTCOMES,

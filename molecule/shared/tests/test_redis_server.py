@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import pytest
+from preflight_cases import case_tasks
 
 PROFILE_SETTINGS = {
     "development": {"maxmemory": "0", "maxmemory-policy": "noeviction", "appendonly": "no",
@@ -279,18 +280,6 @@ BAD_INPUT = [
 DEBIAN12_ONLY = [("engine the distribution does not ship", "redis_server_engine", {"redis_server_engine": "valkey"})]
 
 
-def _record(name, message):
-    """A set_fact task that appends this case's outcome to __outcomes."""
-    entry = "[{'case': %s, 'msg': %s}]" % (json.dumps(name), message)  # noqa: UP031
-    return {"ansible.builtin.set_fact": {"__outcomes": "{{ __outcomes | default([]) + %s }}" % entry}}  # noqa: UP031
-
-
-# A loop's failure says only "One or more items failed": the items' messages are in its results.
-FAILURE_MESSAGE = ("((ansible_failed_result.results | default([]) | selectattr('failed', 'defined')"
-                   " | selectattr('failed') | map(attribute='msg') | list)"
-                   " + [ansible_failed_result.msg | default('') | string]) | join(' ')")
-
-
 def test_bad_input_fails_in_preflight_naming_the_variable_and_changes_nothing(host, env, reconverge, tmp_path):
     cases = BAD_INPUT + (DEBIAN12_ONLY if host.system_info.release.startswith("12") else [])
     files = "find /etc/redis /etc/valkey /etc/redis-infra /etc/systemd/system /etc/sysctl.d -type f 2>/dev/null"
@@ -304,9 +293,7 @@ def test_bad_input_fails_in_preflight_naming_the_variable_and_changes_nothing(ho
         plays.append({
             "name": f"Case: {name}", "hosts": "redis", "become": True, "gather_facts": not plays,
             "vars": variables,
-            "tasks": [{"block": [{"ansible.builtin.include_role": {"name": "redis_server"}},
-                                 _record(name, "'accepted'")],
-                       "rescue": [_record(name, FAILURE_MESSAGE)]}],
+            "tasks": case_tasks(name, "redis_server"),
         })
     plays.append({"name": "Save the outcomes", "hosts": "redis", "gather_facts": False, "tasks": [
         {"ansible.builtin.copy": {"content": "{{ __outcomes | to_json }}", "dest": str(outcomes), "mode": "0600"},
