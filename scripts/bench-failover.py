@@ -7,6 +7,8 @@ Measures, with the settings the inventory deployed:
   steady     seconds of steady writes with a healthy primary; reports any change of primary (must be none).
   rolling    write-outage window of playbooks/rolling-restart.yml under a steady write load, writes
              acknowledged with WAIT 1; checks that every acknowledged write is on the final primary.
+  static     the same for a converge of playbooks/redis.yml that changes a static setting (tcp-backlog,
+             alternating between two values each round): the restarts it rolls over every host.
 
 Passwords come from the environment, never argv: REDIS_PASSWORD (the application's), SENTINEL_PASSWORD.
 Containers are found by address with `docker inspect`; run it on the machine that runs them.
@@ -225,6 +227,38 @@ def rolling(topology, inventory):
             "failed": len(writer.failures), "outage": outage}
 
 
+def static_change(topology, inventory, rounds):
+    """Converges that change tcp-backlog (a restart of every instance, rolled) under a write load."""
+    playbook = Path(sys.executable).with_name("ansible-playbook")
+    command = str(playbook) if playbook.exists() else "ansible-playbook"
+    figures = []
+    for round_number in range(rounds):
+        backlog = 511 + 16 * ((round_number % 2) + 1)
+        writer = Writer(topology)
+        writer.start()
+        time.sleep(2)
+        started = time.monotonic()
+        result = subprocess.run([command, "-i", inventory, str(ROOT / "playbooks/redis.yml"),
+                                 "-e", f"redis_server_tcp_backlog={backlog}"],
+                                capture_output=True, text=True, check=False)
+        took = time.monotonic() - started
+        time.sleep(2)
+        writer.stop.set()
+        writer.join()
+        if result.returncode != 0:
+            print(result.stdout[-3000:], file=sys.stderr)
+            return None
+        primary = topology.client(topology.primary(), 2)
+        lost = [key for key in writer.acknowledged if primary.get(key) is None]
+        outage = longest_outage(writer.failures)
+        print(f"static change round {round_number + 1} (tcp-backlog {backlog}): converge {took:.1f} s, "
+              f"{len(writer.acknowledged)} acknowledged writes, {len(lost)} lost, {len(writer.failures)} failed, "
+              f"longest write outage {outage:.2f} s", flush=True)
+        figures.append({"seconds": round(took, 1), "acknowledged": len(writer.acknowledged), "lost": len(lost),
+                        "failed": len(writer.failures), "outage": round(outage, 2)})
+    return figures
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sentinel", action="append", required=True, help="address of a Sentinel (repeat)")
@@ -234,6 +268,8 @@ def main():
     parser.add_argument("--pause", type=float, default=10.0, help="seconds the primary stays paused")
     parser.add_argument("--steady", type=int, default=0, help="seconds of steady load with a healthy primary")
     parser.add_argument("--rolling-inventory", help="inventory for playbooks/rolling-restart.yml")
+    parser.add_argument("--static-inventory", help="inventory for converges of playbooks/redis.yml (static change)")
+    parser.add_argument("--static-rounds", type=int, default=3)
     args = parser.parse_args()
     topology = Topology(args.sentinel, args.sentinel_port, args.master,
                         os.environ.get("REDIS_PASSWORD") or None, os.environ.get("SENTINEL_PASSWORD") or None)
@@ -247,6 +283,8 @@ def main():
         report["steady_no_failover"] = steady(topology, args.steady)
     if args.rolling_inventory:
         report["rolling_restart"] = rolling(topology, args.rolling_inventory)
+    if args.static_inventory:
+        report["static_change"] = static_change(topology, args.static_inventory, args.static_rounds)
     print(json.dumps(report, indent=2))
     return 0
 

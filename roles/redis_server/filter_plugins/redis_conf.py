@@ -85,41 +85,167 @@ def redis_conf_changes(old_text, new_text):
     return changes
 
 
+# Directives whose CONFIG GET answer is in bytes while the file may use units (2gb).
+_MEMORY_DIRECTIVES = {"maxmemory", "repl-backlog-size", "auto-aof-rewrite-min-size", "client-query-buffer-limit",
+                      "proto-max-bulk-len", "active-defrag-ignore-bytes"}
+# Never read back or compared: secrets (masterauth has its own file and task).
+_NOT_COMPARED = {"masterauth", "requirepass"}
+
+
+def _normalized(directive, value):
+    text = " ".join(str(value if value is not None else "").split())
+    if directive in _MEMORY_DIRECTIVES and redis_memory_bytes(text) is not None:
+        return str(redis_memory_bytes(text))
+    return text.lower() if text.lower() in ("yes", "no") else text
+
+
+def redis_conf_drift(desired_text, live, runtime_directives):
+    """{directive: desired value} for each runtime directive of the desired file whose live value
+    (CONFIG GET replies, a list of [name, value] or a flat [name, value, ...]) differs; None when the
+    replies hold no value at all."""
+    values = {}
+    for reply in live or []:
+        if isinstance(reply, list) and len(reply) % 2 == 0:
+            values.update({str(reply[i]).lower(): reply[i + 1] for i in range(0, len(reply), 2)})
+    if not values:
+        return None
+    drift = {}
+    for directive, occurrences in redis_conf_parse(desired_text).items():
+        if directive not in runtime_directives or directive in _NOT_COMPARED or directive not in values:
+            continue
+        wanted = " ".join(" ".join(args) for args in occurrences)
+        if _normalized(directive, wanted) != _normalized(directive, values[directive]):
+            drift[directive] = wanted
+    return drift
+
+
+def _acl_lines(text):
+    """{user name: [rule, ...]} from ACL file text (lines `user NAME rules...`)."""
+    users = {}
+    for raw in (text or "").splitlines():
+        args = _split_args(raw.strip()) if raw.strip() and not raw.strip().startswith("#") else []
+        if len(args) >= 2 and args[0] == "user":
+            users[args[1]] = args[2:]
+    return users
+
+
+def redis_acl_changes(applied_text, desired_text):
+    """The commands that bring a running instance's users from `applied_text` to `desired_text`
+    without dropping a connection: ACL SETUSER NAME reset RULES... per new or changed user, ACL
+    DELUSER per removed one. applied_text None (unknown): every user of the desired file."""
+    desired = _acl_lines(desired_text)
+    applied = _acl_lines(applied_text) if applied_text is not None else {}
+    commands = [["ACL", "SETUSER", name, "reset", *rules] for name, rules in desired.items()
+                if applied_text is None or applied.get(name) != rules]
+    commands += [["ACL", "DELUSER", name] for name in applied if name not in desired and name != "default"]
+    return commands
+
+
 def redis_server_plan(instances, results, runtime_directives, connection_file):
-    """How each instance takes this run's changes: live (CONFIG SET, ACL LOAD), restart, or nothing.
+    """How each instance takes this run's changes: live (CONFIG SET, ACL), restart, or nothing.
 
     results holds the service facts (services) and the registered loop results of the tasks before,
-    aligned with instances: before and after (slurped config), conf, dropin and acl (templates).
+    aligned with instances: before and after (slurped config), conf, dropin and acl (templates),
+    dropin_now (a stat of the drop-in, for runs where its template did not run).
+    Optional, for a plan from what the instance runs rather than from this run's file diff:
+    state (slurped state file: the config text, drop-in checksum and ACL text the instance last
+    took), desired (config texts), acl_desired (ACL texts), live (CONFIG GET replies).
     A running instance restarts when its unit drop-in changed, when it had no config file before,
     or when a directive changed that CONFIG SET cannot change (or was removed). A stopped instance
     just starts with the new files.
     """
     import base64
+    import json
 
     def text(result):
-        content = result.get("content")
+        content = (result or {}).get("content")
         return base64.b64decode(content).decode("utf-8", "replace") if content else ""
+
+    def state_of(i):
+        states = results.get("state") or []
+        raw = text(states[i]) if i < len(states) else ""
+        try:
+            state = json.loads(raw) if raw else None
+        except ValueError:
+            state = None
+        return state if isinstance(state, dict) else None
+
+    def at(name, i):
+        """Item i of a registered loop, {} when that phase did not run (a tag run: --tags redis_server_service)."""
+        items = results.get(name) or []
+        return items[i] if i < len(items) and isinstance(items[i], dict) else {}
 
     plan = []
     for i, instance in enumerate(instances):
         running = results["services"].get(instance["unit"], {}).get("state") == "running"
-        had_conf = "content" in results["before"][i]
-        changes = {}
-        if results["conf"][i].get("changed"):
-            changes = redis_conf_changes(text(results["before"][i]), text(results["after"][i]))
+        state = state_of(i)
+        desired = (results.get("desired") or [None] * len(instances))[i]
+        if desired is None:
+            desired = text(at("after", i))
+        # The drop-in as it is on disk: the template's result, or (a run of the service phase alone, the
+        # template did not run) a stat of the file. An unknown checksum must not reach the state file: the
+        # next run would take it for a changed drop-in and restart.
+        dropin_sum = at("dropin", i).get("checksum") or (at("dropin_now", i).get("stat") or {}).get("checksum")
+        if state is not None:
+            had_conf = True
+            changes = redis_conf_changes(state.get("conf", ""), desired)
+            dropin_changed = dropin_sum is not None and state.get("dropin") != dropin_sum
+        else:
+            had_conf = "content" in at("before", i) or not results.get("before")
+            changes = {}
+            if at("conf", i).get("changed"):
+                changes = redis_conf_changes(text(at("before", i)), desired)
+            dropin_changed = bool(at("dropin", i).get("changed"))
         static = sorted(key for key, value in changes.items() if value is None or key not in runtime_directives)
-        restart = running and (bool(results["dropin"][i].get("changed")) or not had_conf or bool(static))
+        restart = running and (dropin_changed or not had_conf or bool(static))
         live = running and not restart
+        # What the running instance would take live, computed also when it restarts: a restart that
+        # waits for the rolling plays (tasks/service.yml) applies these first, so that new passwords
+        # work at once and the connection files the role writes next are right.
+        runtime = {key: value for key, value in changes.items() if value is not None and key in runtime_directives}
+        live_replies = (results.get("live") or [None] * len(instances))[i]
+        answered = isinstance(live_replies, dict) and not live_replies.get("failed") and live_replies.get("responses")
+        drift = redis_conf_drift(desired, live_replies["responses"], runtime_directives) if answered else None
+        if running and drift is not None:
+            # What the instance runs decides: an apply that failed or was cut off, or a CONFIG SET by
+            # hand, shows here; a value already live needs nothing. (No readable answer: the file diff.)
+            runtime = drift
+        acl_desired = (results.get("acl_desired") or [None] * len(instances))[i]
+        if acl_desired is not None and running:
+            applied = state.get("acl") if state is not None else None
+            known = state is not None or at("acl", i).get("changed")
+            acl_now = redis_acl_changes(applied, acl_desired) if known else []
+        else:
+            acl_now = [["ACL", "LOAD"]] if running and at("acl", i).get("changed") else []
+        runtime_now = [["CONFIG", "SET", key, value] for key, value in sorted(runtime.items())] if running else []
+        acl = acl_now if live else []
+        runtime_commands = runtime_now if live else []
+        acl_users = [command[2] for command in acl_now if len(command) > 2]
+        why = static or (["unit drop-in"] if dropin_changed else ["first configuration"])
+        summary = "; ".join(part for part in (
+            ("CONFIG SET " + ", ".join(command[2] for command in runtime_commands)) if runtime_commands else "",
+            ("ACL users " + ", ".join(acl_users)) if acl_users and (live or not restart) else "",
+            ("restart (" + ", ".join(why) + ")") if restart else "",
+            "start" if not running else "") if part)
         plan.append({
             "name": instance["name"],
             "unit": instance["unit"],
             "log_file": instance["log_file"],
             "running": running,
             "restart": restart,
-            "why": static or (["unit drop-in"] if results["dropin"][i].get("changed") else ["first configuration"]),
-            "runtime": [["CONFIG", "SET", key, value] for key, value in sorted(changes.items())] if live else [],
-            "acl_load": live and bool(results["acl"][i].get("changed")),
+            "why": why,
+            "runtime": runtime_commands,
+            "acl": acl,
+            "acl_users": acl_users,
+            "summary": summary,
+            "acl_load": bool(acl),
+            # For a restart that waits: what it takes live now (ACL users first, then CONFIG SET).
+            "live_first": (acl_now + runtime_now) if restart else [],
+            "live_first_users": acl_users if restart else [],
             "connection_file": connection_file.format(name=instance["name"]),
+            # What the instance runs once this plan is carried out (tasks/state.yml writes it).
+            "state": json.dumps({"conf": desired, "dropin": dropin_sum, "acl": acl_desired}, sort_keys=True),
+            "state_current": state == {"conf": desired, "dropin": dropin_sum, "acl": acl_desired},
         })
     return plan
 
@@ -131,4 +257,6 @@ class FilterModule:
             "redis_conf_parse": redis_conf_parse,
             "redis_conf_changes": redis_conf_changes,
             "redis_server_plan": redis_server_plan,
+            "redis_conf_drift": redis_conf_drift,
+            "redis_acl_changes": redis_acl_changes,
         }

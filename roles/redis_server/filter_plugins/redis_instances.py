@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 from ansible.errors import AnsibleFilterError
 
 
@@ -56,6 +59,62 @@ def redis_server_instances(instances, settings, engine, context):
     return result
 
 
+_TRUTH = ("yes", "no", "true", "false", "on", "off")
+_WHOLE = re.compile(r"^-?[0-9]+$")
+# A size as the server reads it: digits and an optional unit, nothing between them.
+_SIZE = re.compile(r"^[0-9]+([kmg]b?|b)?$", re.IGNORECASE)
+
+
+def _setting_problem(value, rule):
+    """Why value breaks rule (a dict: type list, bool, memory, int, choice; and its limits), or None."""
+    kind = rule["type"]
+    if kind == "list":
+        if not isinstance(value, list | tuple) or not all(isinstance(entry, str) for entry in value):
+            return f"must be a list of strings, e.g. {rule['example']} (a single string renders one character each)"
+        if len(value) < int(rule.get("min_length", 0)):
+            return f"must list at least {rule['min_length']}, e.g. {rule['example']}"
+        bad = [entry for entry in value if not re.match(rule["pattern"], entry)]
+        return f"has entries that are not {rule['what']}: {bad}, e.g. {rule['example']}" if bad else None
+    if kind == "bool":
+        if isinstance(value, bool) or str(value).lower() in _TRUTH:
+            return None
+        return "must be true or false"
+    if kind == "memory":
+        if (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or (
+                isinstance(value, str) and _SIZE.match(value)):
+            return None
+        return "must be a size without spaces: digits and an optional unit (b, k, kb, m, mb, g, gb), e.g. 2gb or 0"
+    if kind == "int":
+        if str(value) in [str(word) for word in rule.get("words", [])]:
+            return None
+        words = "".join(f'"{word}" or ' for word in rule.get("words", []))
+        if isinstance(value, bool) or not isinstance(value, int | str) or not _WHOLE.match(str(value)):
+            return f"must be {words}a whole number of at least {rule['min']}"
+        if int(value) < int(rule["min"]):
+            return f"must be {words}at least {rule['min']}{rule.get('why', '')}"
+        return None
+    if kind == "choice":
+        return None if value in rule["choices"] else f"must be one of {', '.join(map(str, rule['choices']))}"
+    raise AnsibleFilterError(f"unknown setting rule type {kind!r}")
+
+
+def redis_server_setting_problems(instances, role_values, rules):
+    """One message per bad value, naming its variable: the role variables that are set (role_values,
+    setting -> value) and each instance's overrides, against rules (setting -> rule)."""
+    sources = [(f"redis_server_{name}", name, value) for name, value in (role_values or {}).items()]
+    for raw in instances if isinstance(instances, list) else []:
+        if isinstance(raw, dict):
+            sources += [(f"redis_server_instances[{raw.get('name', '?')}].{name}", name, value)
+                        for name, value in raw.items() if name in rules]
+    problems = []
+    for variable, name, value in sources:
+        problem = _setting_problem(value, rules[name]) if name in rules else None
+        if problem:
+            problems.append(f"{variable}={json.dumps(value, default=str)} {problem}")
+    return problems
+
+
 class FilterModule:
     def filters(self):
-        return {"redis_server_instances": redis_server_instances}
+        return {"redis_server_instances": redis_server_instances,
+                "redis_server_setting_problems": redis_server_setting_problems}

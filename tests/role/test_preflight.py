@@ -1,0 +1,257 @@
+"""Every role's preflight on the controller: bad input is refused naming its variable, good input passes.
+
+One ansible-playbook run for all cases: each case is an inventory host of its own (connection local) with
+faked facts (a Debian 12 host with 4 vCPUs and 8 GiB), running the role's argument validation and its
+preflight tasks only, which change nothing. The Molecule bad-input cases
+(molecule/shared/tests/test_redis_server.py) run here too, so that a case that passes only by accident
+of one host shows up before Molecule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "molecule/shared/tests"))
+
+from preflight_cases import FAILURE_MESSAGE  # noqa: E402
+from test_redis_server import BAD_INPUT, DEBIAN12_ONLY  # noqa: E402
+
+from redis_infra.health.config import THRESHOLD_DEFAULTS  # noqa: E402
+
+ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
+FACTS = {"distribution": "Debian", "distribution_major_version": "12", "processor_vcpus": 4, "memtotal_mb": 8192,
+         "default_ipv4": {"address": "10.0.0.5"}, "virtualization_role": "host", "virtualization_type": "kvm"}
+LONG = "-for-the-fast-preflight-tests-0123456789"
+DEVELOPMENT = {"redis_server_profile": "development", "redis_server_admin_password": "admin" + LONG,
+               "redis_server_monitor_password": "monitor" + LONG}
+PRODUCTION = dict(DEVELOPMENT, redis_server_profile="production", redis_server_password="app" + LONG,
+                  redis_server_backup_password="backup" + LONG)
+SENTINEL = dict(PRODUCTION, redis_sentinel_password="sentinel-client" + LONG,
+                redis_sentinel_auth_password="sentinel-acl" + LONG)
+# A topology of the case's host and one replica the plays never reach (fast_primary: the case's host).
+TOPOLOGY = {"redis_server_primary_group": "fast_primary", "redis_server_replica_group": "fast_replicas",
+            "redis_server_replication_password": "replication" + LONG}
+
+# (case, role, variable the message must name, variables, inventory the case runs against)
+REFUSED = [
+    ("min-replicas above the replica count", "redis_server", "redis_server_min_replicas_to_write",
+     dict(TOPOLOGY, redis_server_min_replicas_to_write=2), PRODUCTION),
+    ("Sentinel ACL password other than the one Sentinel logs in with", "redis_server", "redis_server_sentinel_password",
+     dict(TOPOLOGY, redis_server_sentinel=True, redis_server_sentinel_group="redis_sentinel",
+          redis_server_sentinel_password="sentinel-acl" + LONG, redis_sentinel_auth_password="other" + LONG),
+     PRODUCTION),
+    ("Sentinel ACL password with a quote", "redis_server", "redis_server_sentinel_password",
+     dict(TOPOLOGY, redis_server_sentinel=True, redis_server_sentinel_group="redis_sentinel",
+          redis_server_sentinel_password="sentinel-acl-it's" + LONG), PRODUCTION),
+    ("maxmemory of two instances above the RAM", "redis_server", "redis_server_maxmemory",
+     {"redis_server_instances": [{"name": "main", "port": 6379, "maxmemory": "5gb"},
+                                 {"name": "cache", "port": 6380, "maxmemory": "4gb"}]}, PRODUCTION),
+    ("an io-threads word", "redis_server", "redis_server_io_threads", {"redis_server_io_threads": "many"}, DEVELOPMENT),
+    ("a rename without a value", "redis_server", "redis_server_rename_commands",
+     {"redis_server_rename_commands": {"FLUSHALL": None}}, DEVELOPMENT),
+    ("config_extra a list", "redis_server", "redis_server_config_extra",
+     {"redis_server_config_extra": ["hz 10"]}, DEVELOPMENT),
+    ("an ACL user with an unknown field", "redis_server", "redis_server_acl_users",
+     {"redis_server_acl_users": [{"name": "app2", "password": "app2" + LONG, "rules": "+@read ~*", "rule": "x"}]},
+     DEVELOPMENT),
+    ("a short password of the second extra ACL user", "redis_server", "redis_server_acl_users[worker2].password",
+     {"redis_server_acl_users": [{"name": "worker1", "password": "worker1" + LONG, "rules": "+@list"},
+                                 {"name": "worker2", "password": "short", "rules": "+@list"}]}, PRODUCTION),
+    # redis_health
+    ("health degraded memory above the default unhealthy", "redis_health", "memory_degraded_percent",
+     {"redis_health_thresholds": {"memory_degraded_percent": 97}}, DEVELOPMENT),
+    ("health unhealthy ping below the default degraded", "redis_health", "ping_unhealthy_ms",
+     {"redis_health_thresholds": {"ping_unhealthy_ms": 20}}, DEVELOPMENT),
+    ("health threshold with an unknown name", "redis_health", "redis_health_thresholds",
+     {"redis_health_thresholds": {"memory_degraded_pct": 70}}, DEVELOPMENT),
+    ("health threshold as a word", "redis_health", "redis_health_thresholds",
+     {"redis_health_thresholds": {"memory_degraded_percent": "high"}}, DEVELOPMENT),
+    ("health percentage above 100", "redis_health", "redis_health_thresholds",
+     {"redis_health_thresholds": {"clients_unhealthy_percent": 120}}, DEVELOPMENT),
+    ("health threshold zero", "redis_health", "redis_health_thresholds",
+     {"redis_health_thresholds": {"slowlog_threshold_ms": 0}}, DEVELOPMENT),
+    ("health port on Sentinel's", "redis_health", "redis_health_listen_port",
+     {"redis_health_listen_port": 26379}, DEVELOPMENT),
+    ("health port on an instance's", "redis_health", "redis_health_listen_port",
+     {"redis_health_listen_port": 6379}, DEVELOPMENT),
+    ("health interval negative", "redis_health", "redis_health_interval", {"redis_health_interval": -30}, DEVELOPMENT),
+    # redis_backup
+    ("backup minute 60", "redis_backup", "redis_backup_schedule", {"redis_backup_schedule": "60 2 * * *"}, PRODUCTION),
+    ("backup hour 24", "redis_backup", "redis_backup_schedule", {"redis_backup_schedule": "0 24 * * *"}, PRODUCTION),
+    ("backup day of month 0", "redis_backup", "redis_backup_schedule", {"redis_backup_schedule": "0 2 0 * *"},
+     PRODUCTION),
+    ("backup month 13", "redis_backup", "redis_backup_schedule", {"redis_backup_schedule": "0 2 * 13 *"}, PRODUCTION),
+    ("backup weekday 8", "redis_backup", "redis_backup_schedule", {"redis_backup_schedule": "0 2 * * 8"}, PRODUCTION),
+    ("backup range out of range", "redis_backup", "redis_backup_schedule",
+     {"redis_backup_schedule": "0 22-25 * * *"}, PRODUCTION),
+    ("backup step zero", "redis_backup", "redis_backup_schedule", {"redis_backup_schedule": "*/0 2 * * *"}, PRODUCTION),
+    ("backup instance schedule out of range", "redis_backup", "redis_backup_instance_schedules[main]",
+     {"redis_backup_instance_schedules": {"main": "0 2 32 * *"}}, PRODUCTION),
+    ("backup instance schedules a list", "redis_backup", "redis_backup_instance_schedules",
+     {"redis_backup_instance_schedules": ["0 2 * * *"]}, PRODUCTION),
+    ("backup compression level with a letter", "redis_backup", "redis_backup_compression_level",
+     {"redis_backup_compression_level": "6x"}, PRODUCTION),
+    # redis_sentinel
+    ("Sentinel bind as a string", "redis_sentinel", "redis_sentinel_bind", {"redis_sentinel_bind": "0.0.0.0"},  # noqa: S104
+     SENTINEL),
+    ("Sentinel on an instance's port", "redis_sentinel", "redis_sentinel_port", {"redis_sentinel_port": 6379},
+     SENTINEL),
+    ("Sentinel on the health checker's port", "redis_sentinel", "redis_sentinel_port", {"redis_sentinel_port": 9122},
+     SENTINEL),
+    ("Sentinel down-after negative", "redis_sentinel", "redis_sentinel_down_after_milliseconds",
+     {"redis_sentinel_down_after_milliseconds": -5000}, SENTINEL),
+    ("Sentinel parallel syncs zero", "redis_sentinel", "redis_sentinel_parallel_syncs",
+     {"redis_sentinel_parallel_syncs": 0}, SENTINEL),
+    ("Sentinel quorum zero", "redis_sentinel", "redis_sentinel_quorum", {"redis_sentinel_quorum": 0}, SENTINEL),
+]
+# The Molecule cases, against the production inventory most scenarios use (each case that needs the
+# development profile sets it).
+REFUSED += [(name, "redis_server", variable, variables, PRODUCTION)
+            for name, variable, variables in BAD_INPUT + DEBIAN12_ONLY]
+
+# (case, role, variables, inventory): each must pass its role's preflight.
+ACCEPTED = [
+    ("development defaults", "redis_server", {}, DEVELOPMENT),
+    ("production defaults", "redis_server", {}, PRODUCTION),
+    ("the production inventory's instances and standalone min-replicas", "redis_server",
+     {"redis_server_instances": [{"name": "main", "port": 6379, "maxmemory_policy": "noeviction"},
+                                 {"name": "cache", "port": 6380, "maxmemory": "1gb", "maxmemory_policy": "allkeys-lru",
+                                  "appendonly": False}],
+      "redis_server_min_replicas_to_write": 1, "redis_server_min_replicas_max_lag": 10}, PRODUCTION),
+    ("the valkey scenario's instances", "redis_server",
+     {"redis_server_instances": [{"name": "main", "port": 6379},
+                                 {"name": "cache", "port": 6380, "maxmemory": "256mb", "appendonly": False,
+                                  "save": []}]}, PRODUCTION),
+    ("the template test's overrides", "redis_server",
+     {"redis_server_maxmemory": "512mb", "redis_server_appendfsync": "always", "redis_server_save": [],
+      "redis_server_io_threads": 1, "redis_server_config_extra": {"hz": 20, "lazyfree-lazy-eviction": True},
+      "redis_server_rename_commands": {"FLUSHALL": ""}}, PRODUCTION),
+    ("values as -e passes them", "redis_server",
+     {"redis_server_maxmemory": "1gb", "redis_server_timeout": "300", "redis_server_appendonly": "yes",
+      "redis_server_io_threads": "auto", "redis_server_slowlog_log_slower_than": -1,
+      "redis_server_config_extra": {"no-such-directive": "yes"}, "redis_server_start_timeout": 8}, DEVELOPMENT),
+    ("an extra ACL user and an instance's own extra", "redis_server",
+     {"redis_server_acl_users": [{"name": "app.worker-2", "password": "worker" + LONG, "rules": "~jobs:* +@list"}],
+      "redis_server_instances": [{"name": "main", "port": 6379, "extra": {"notify-keyspace-events": "Ex"}}]},
+     PRODUCTION),
+    ("health defaults", "redis_health", {}, DEVELOPMENT),
+    ("health partial thresholds in order with the defaults", "redis_health",
+     {"redis_health_thresholds": {"memory_degraded_percent": 70, "last_save_degraded_seconds": 0,
+                                  "ping_unhealthy_ms": 250.5}}, DEVELOPMENT),
+    ("backup defaults", "redis_backup", {}, PRODUCTION),
+    ("backup schedules with ranges, steps, lists and names", "redis_backup",
+     {"redis_backup_schedule": "*/15 1-5,22 * jan-mar mon-fri",
+      "redis_backup_instance_schedules": {"main": "30 02 1,15 * 7"}}, PRODUCTION),
+    ("Sentinel defaults", "redis_sentinel", {}, SENTINEL),
+    ("Sentinel with its own addresses and timings", "redis_sentinel",
+     {"redis_sentinel_bind": ["127.0.0.1", "10.0.0.5"], "redis_sentinel_quorum": 1,
+      "redis_sentinel_down_after_milliseconds": "3000"}, SENTINEL),
+]
+
+
+ROLES = ("redis_server", "redis_health", "redis_backup", "redis_sentinel")
+
+
+def role_play(role: str) -> dict:
+    """The play of one role's cases: its argument validation (as a role run does it), then its preflight."""
+    spec = f"{{{{ (lookup('ansible.builtin.file', '{ROOT}/roles/{role}/meta/argument_specs.yml') | from_yaml)" \
+           ".argument_specs.main.options }}"
+    tasks = [
+        {"name": "Validate the arguments", "ansible.builtin.validate_argument_spec": {"argument_spec": spec}},
+        {"ansible.builtin.include_role": {"name": role, "tasks_from": "preflight"}},
+        {"ansible.builtin.set_fact": {"__outcome": "accepted"}},
+    ]
+    if role == "redis_sentinel":
+        # What playbooks/sentinel.yml's first play reports from the Redis hosts.
+        tasks.insert(0, {"ansible.builtin.set_fact": {"__redis_server_topology": {
+            "main": {"address": "10.0.0.5", "port": 6379, "source": "inventory"}}}})
+    rescue = [{"ansible.builtin.set_fact": {"__outcome": "{{ " + FAILURE_MESSAGE + " }}"}}]
+    return {"name": f"Cases of {role}", "hosts": f"{role}_cases", "gather_facts": False,
+            "vars": {"ansible_facts": FACTS}, "tasks": [{"block": tasks, "rescue": rescue}]}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict:
+    """{case: 'accepted' or the failure message}: each case is a host of its own, all run in parallel."""
+    tmp = tmp_path_factory.mktemp("preflight")
+    saved = tmp / "outcomes.json"
+    cases = [(name, role, dict(base, **variables)) for name, role, _variable, variables, base in REFUSED]
+    cases += [(name, role, dict(base, **variables)) for name, role, variables, base in ACCEPTED]
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {f"case-{i}": case for i, case in enumerate(cases)}
+    # Each topology case is the one primary of a group of its own.
+    primaries = {}
+    for host, (_name, _role, variables) in hosts.items():
+        if variables.get("redis_server_primary_group") == "fast_primary":
+            variables["redis_server_primary_group"] = f"primary_{host}".replace("-", "_")
+            primaries[variables["redis_server_primary_group"]] = {"hosts": {host: {}}}
+    groups = {f"{role}_cases": {"hosts": {host: dict(variables, **local)
+                                          for host, (_name, of, variables) in hosts.items() if of == role}}
+              for role in ROLES}
+    sentinels = dict.fromkeys(groups["redis_sentinel_cases"]["hosts"], {})
+    groups.update(primaries, redis={"hosts": sentinels}, redis_sentinel={"hosts": sentinels},
+                  fast_replicas={"hosts": {"fast-replica": {"ansible_host": "10.0.0.6"}}})
+    names = json.dumps(list(hosts))
+    plays = [role_play(role) for role in ROLES]
+    plays.append({"name": "Save the outcomes", "hosts": "localhost", "gather_facts": False, "tasks": [
+        {"ansible.builtin.copy": {"content": f"{{{{ dict({names} | zip({names} | map('extract', hostvars,"
+                                             " '__outcome'))) | to_json }}",
+                                  "dest": str(saved), "mode": "0600"}}]})
+    (tmp / "preflight.yml").write_text(json.dumps(plays))
+    (tmp / "inventory.yml").write_text(json.dumps({"all": {"children": groups, "hosts": {"localhost": local}}}))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_ROLES_PATH=str(ROOT / "roles"))
+    result = subprocess.run(
+        [str(ANSIBLE_PLAYBOOK), "-i", str(tmp / "inventory.yml"), str(tmp / "preflight.yml")],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    recorded = {hosts[host][0]: message for host, message in json.loads(saved.read_text()).items()}
+    for secret in {value for base in (PRODUCTION, SENTINEL) for key, value in base.items() if "password" in key}:
+        assert secret not in result.stdout, "a password was printed"
+    return recorded
+
+
+@pytest.mark.parametrize(("name", "variable"), [(case[0], case[2]) for case in REFUSED])
+def test_bad_input_is_refused_naming_the_variable(outcomes, name, variable):
+    assert outcomes[name] != "accepted", f"bad input was accepted: {name}"
+    assert variable in outcomes[name], f"the message does not name {variable}: {outcomes[name]}"
+
+
+@pytest.mark.parametrize("name", [case[0] for case in ACCEPTED])
+def test_good_input_passes(outcomes, name):
+    assert outcomes[name] == "accepted", outcomes[name]
+
+
+def _task_vars(path: str, task_name: str) -> dict:
+    def find(tasks):
+        for task in tasks:
+            if task.get("name") == task_name:
+                return task
+            found = find(task.get("block", []))
+            if found:
+                return found
+        return None
+
+    return find(yaml.safe_load((ROOT / path).read_text()))["vars"]
+
+
+def test_every_setting_has_a_rule():
+    rules = _task_vars("roles/redis_server/tasks/preflight.yml", "Check the type and range of each setting")
+    profiles = yaml.safe_load((ROOT / "roles/redis_server/vars/main.yml").read_text())["_redis_server_profiles"]
+    assert set(rules["__redis_server_setting_rules"]) == set(profiles["production"]) == set(profiles["development"])
+
+
+def test_health_preflight_knows_the_checkers_threshold_defaults():
+    defaults = THRESHOLD_DEFAULTS
+    role = _task_vars("roles/redis_health/tasks/preflight.yml", "Check the health thresholds")
+    assert role["__redis_health_defaults"] == defaults
+    spec = yaml.safe_load((ROOT / "roles/redis_health/meta/argument_specs.yml").read_text())
+    assert set(spec["argument_specs"]["main"]["options"]["redis_health_thresholds"]["options"]) == set(defaults)
