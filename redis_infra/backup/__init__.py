@@ -1,9 +1,9 @@
 """Backup tool for one Redis/Valkey instance: `python3 -m redis_infra.backup`.
 
-It takes an RDB snapshot with BGSAVE (and, when AOF is on, a consistent copy of the multi-part AOF
-directory), checks it with redis-check-rdb / redis-check-aof, compresses it, writes a SHA-256 sidecar,
-applies retention, optionally copies it off the host, and writes a JSON status file for the health
-checker. See docs/backup.md.
+It takes an RDB snapshot with BGSAVE (and, when AOF is on, a consistent copy of the files the
+multi-part AOF manifest names), checks it with redis-check-rdb / redis-check-aof, compresses it,
+writes a SHA-256 sidecar, applies retention, optionally copies it off the host, and writes a JSON
+status file for the health checker. See docs/backup.md.
 
 The package must import without redis-py installed: only `run` needs it.
 """
@@ -16,10 +16,10 @@ from enum import IntEnum
 # The Ansible role builds the user from this string, e.g.
 #   ACL SETUSER backup reset on >PASSWORD <REQUIRED_ACL>
 # or the config line `user backup on >PASSWORD <REQUIRED_ACL>`.
-# `+hello +auth` let clients connect with RESP3/HELLO or AUTH; `+config|set` is only used for
-# auto-aof-rewrite-percentage during an AOF copy (protected configs such as `dir` stay refused
-# while `enable-protected-configs` is no, the default).
-REQUIRED_ACL_COMMANDS = ("ping", "info", "bgsave", "lastsave", "config|get", "config|set", "hello", "auth")
+# `+hello +auth` let clients connect with RESP3/HELLO or AUTH. No `+config|set`: the tool never changes
+# the server's config (the AOF copy stays consistent through open file descriptors, see source.py), and
+# a user with CONFIG SET could evict every key (maxmemory 1), set requirepass or turn persistence off.
+REQUIRED_ACL_COMMANDS = ("ping", "info", "bgsave", "lastsave", "config|get", "hello", "auth")
 REQUIRED_ACL = " ".join(f"+{command}" for command in REQUIRED_ACL_COMMANDS)
 
 

@@ -33,7 +33,7 @@ class Retention:
 class Timeouts:
     connect: float = 10.0          # socket connect/read timeout for Redis commands
     bgsave: float = 3600.0         # waiting for BGSAVE to finish
-    aof_rewrite: float = 600.0     # waiting for a running AOF rewrite to finish before the AOF copy
+    aof_rewrite: float = 600.0     # at most this long retrying while AOF rewrites change the manifest
     lock_wait: float = 0.0         # waiting for the lock held by another run (0: fail at once)
     check: float = 3600.0          # each redis-check-rdb / redis-check-aof run
     offsite: float = 3600.0        # each rsync/ssh command of the off-host copy
@@ -74,6 +74,7 @@ class BackupConfig:
     retention: Retention = field(default_factory=Retention)
     timeouts: Timeouts = field(default_factory=Timeouts)
     offsite: Offsite | None = None
+    backup_group: str | int | None = None   # group of the files written (name or gid); None: backup_dir's
 
     def tool(self, kind: str) -> str:
         """Path of redis-check-rdb/-aof (or the valkey one); ConfigError naming the key when absent."""
@@ -92,7 +93,10 @@ class BackupConfig:
 
 
 _TOP = {"instance", "connection_file", "backup_dir", "status_file", "lock_file", "data_dir", "dbfilename",
-        "aof", "space_check", "retention", "compression", "tools", "timeouts", "offsite"}
+        "aof", "space_check", "backup_group", "retention", "compression", "tools", "timeouts", "offsite"}
+# Only root can create this directory (the tool does, mode 0700): a lock in a world-writable
+# directory such as /run/lock could be pre-created by any local user to stop every backup and restore.
+LOCK_DIR = "/run/redis-infra-backup"
 _SECTIONS = {
     "retention": {"keep_last", "keep_daily_days"},
     "compression": {"level"},
@@ -167,11 +171,15 @@ def parse(text: str, source: str = "<string>") -> BackupConfig:
     backup_dir = reader.string(data, "backup_dir", "backup_dir", required=True, path=True)
     status_file = reader.string(data, "status_file", "status_file", required=True, path=True)
     lock_file = reader.string(data, "lock_file", "lock_file", path=True,
-                              default=f"/run/lock/redis-infra-backup-{instance}.lock")
+                              default=f"{LOCK_DIR}/{instance}.lock")
     data_dir = reader.string(data, "data_dir", "data_dir", path=True)
     dbfilename = reader.string(data, "dbfilename", "dbfilename")
-    if dbfilename is not None and "/" in dbfilename:
+    if dbfilename is not None and ("/" in dbfilename or dbfilename in (".", "..")):
         raise reader.fail("dbfilename", f"must be a file name without '/', got {dbfilename!r}")
+    backup_group = data.get("backup_group")
+    if backup_group is not None and (isinstance(backup_group, bool) or not (
+            (isinstance(backup_group, str) and backup_group) or (isinstance(backup_group, int) and backup_group >= 0))):
+        raise reader.fail("backup_group", f"must be a group name or a gid >= 0, got {backup_group!r}")
     aof = data.get("aof", "auto")
     if aof not in ("auto", "off"):
         raise reader.fail("aof", f"must be \"auto\" or \"off\", got {aof!r}")
@@ -231,7 +239,7 @@ def parse(text: str, source: str = "<string>") -> BackupConfig:
     return BackupConfig(
         source=source, instance=instance, connection_file=connection_file, backup_dir=backup_dir,
         status_file=status_file, lock_file=lock_file, data_dir=data_dir, dbfilename=dbfilename, aof=aof,
-        space_check=space_check,
+        space_check=space_check, backup_group=backup_group,
         compression_level=level, check_rdb=check_rdb, check_aof=check_aof, retention=retention,
         timeouts=timeouts, offsite=offsite)
 

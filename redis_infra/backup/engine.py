@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import grp
 import gzip
 import json
 import logging
@@ -21,6 +22,7 @@ from . import BackupError, ExitCode, retention, storage
 from .config import BackupConfig, ConfigError
 from .lock import RunLock
 from .offsite import copy_offsite
+from .source import SAFE_NAME, AofSet, DataDir, OpenFile
 from .storage import AOF_SUFFIX, RDB_SUFFIX, SUM_SUFFIX, Backup, SourceReadError
 
 log = logging.getLogger("redis_infra.backup")
@@ -97,21 +99,30 @@ def _marker_path(cfg: BackupConfig) -> str:
     return os.path.join(cfg.backup_dir, f".{cfg.instance}.aof-rewrite-percentage")
 
 
-def recover_aof_percentage(cfg: BackupConfig, session) -> None:
-    """An earlier run killed during the AOF copy left rewrites off: put back the value it saved."""
+def report_stale_marker(cfg: BackupConfig, session) -> None:
+    """Handle the marker that versions before this one left when killed during the AOF copy.
+
+    Those versions set auto-aof-rewrite-percentage to 0 while copying and saved the old value in the
+    marker. This version never changes the server's config (the backup user has no CONFIG SET), so
+    it cannot put the value back: while the setting is still 0 it says what to run and keeps the
+    marker; once it is no longer 0 it removes the marker.
+    """
     marker = _marker_path(cfg)
     try:
         with open(marker, encoding="ascii") as handle:
-            saved = handle.read().strip()
+            saved = handle.read(32).strip()
     except FileNotFoundError:
         return
-    except OSError as exc:
-        log.warning("cannot read %s: %s", marker, exc.strerror)
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("cannot read %s: %s", marker, getattr(exc, "strerror", None) or exc)
         return
     current = session.config_get("auto-aof-rewrite-percentage")
     if current == "0" and saved.isdigit() and saved != "0":
-        log.warning("an earlier run left auto-aof-rewrite-percentage at 0; restoring %s", saved)
-        session.config_set("auto-aof-rewrite-percentage", saved)
+        log.warning("an earlier version of this tool was stopped during an AOF copy and left "
+                    "auto-aof-rewrite-percentage at 0 (it was %s): automatic AOF rewrites stay off until an "
+                    "admin runs CONFIG SET auto-aof-rewrite-percentage %s (this tool no longer changes the "
+                    "server's config; %s is removed once the setting is back)", saved, saved, marker)
+        return
     storage.remove_quietly(marker)
 
 
@@ -211,12 +222,13 @@ def _run_locked(cfg: BackupConfig, clock: Clock, started: datetime, status: dict
 
     check_backup_dir(cfg.backup_dir)
     clean_stale_temps(cfg)
+    gid = backup_gid(cfg)
     check_rdb = cfg.tool("rdb")
     settings = _load_connection(cfg)
     session = RedisSession(settings, cfg.timeouts.connect)
     try:
         session.ping()
-        recover_aof_percentage(cfg, session)
+        report_stale_marker(cfg, session)
         facts = session.facts(cfg.data_dir, cfg.dbfilename)
         with_aof = facts.aof_enabled and cfg.aof == "auto"
         check_aof = cfg.tool("aof") if with_aof else None
@@ -228,37 +240,40 @@ def _run_locked(cfg: BackupConfig, clock: Clock, started: datetime, status: dict
         bid = unique_id(cfg, snapshot_time)
         with _timed(phases, "bgsave"):
             session.bgsave_and_wait(cfg.timeouts.bgsave)
-        if cfg.space_check:
-            check_free_space(cfg, facts, with_aof)
-        finals: list[str] = []
-        try:
-            with storage.temp_paths() as temps:
-                rdb_digest, rdb_size, raw_size = _stage_rdb(cfg, facts, bid, snapshot_time, check_rdb, temps,
-                                                             phases)
-                staged = [(f".tmp-{bid}{RDB_SUFFIX}{SUM_SUFFIX}", bid + RDB_SUFFIX + SUM_SUFFIX),
-                          (f".tmp-{bid}{RDB_SUFFIX}", bid + RDB_SUFFIX)]
-                if with_aof:
-                    with _timed(phases, "aof"):
-                        aof_digest, aof_size = _stage_aof(cfg, session, facts, bid, snapshot_time, check_aof,
-                                                          temps)
-                    staged = [(f".tmp-{bid}{AOF_SUFFIX}{SUM_SUFFIX}", bid + AOF_SUFFIX + SUM_SUFFIX),
-                              (f".tmp-{bid}{AOF_SUFFIX}", bid + AOF_SUFFIX)] + staged
-                # Sidecars first, the .rdb.gz last: a backup exists once its .rdb.gz has its final name.
-                for tmp_name, final_name in staged:
-                    final = os.path.join(cfg.backup_dir, final_name)
+        with _open_sources(cfg, facts, with_aof) as (rdb_source, aof_set):
+            if cfg.space_check:
+                check_free_space(cfg, rdb_source.size + (sum(f.size for f in aof_set.files) if aof_set else 0))
+            finals: list[str] = []
+            try:
+                with storage.temp_paths() as temps:
+                    rdb_digest, rdb_size, raw_size = _stage_rdb(cfg, facts, rdb_source, bid, snapshot_time,
+                                                                 check_rdb, temps, phases)
+                    staged = [(f".tmp-{bid}{RDB_SUFFIX}{SUM_SUFFIX}", bid + RDB_SUFFIX + SUM_SUFFIX),
+                              (f".tmp-{bid}{RDB_SUFFIX}", bid + RDB_SUFFIX)]
+                    if aof_set is not None:
+                        with _timed(phases, "aof"):
+                            aof_digest, aof_size = _stage_aof(cfg, facts, aof_set, bid, snapshot_time, check_aof,
+                                                              temps)
+                        staged = [(f".tmp-{bid}{AOF_SUFFIX}{SUM_SUFFIX}", bid + AOF_SUFFIX + SUM_SUFFIX),
+                                  (f".tmp-{bid}{AOF_SUFFIX}", bid + AOF_SUFFIX)] + staged
+                    for tmp_name, _final_name in staged:
+                        _set_backup_group(os.path.join(cfg.backup_dir, tmp_name), gid)
+                    # Sidecars first, the .rdb.gz last: a backup exists once its .rdb.gz has its final name.
+                    for tmp_name, final_name in staged:
+                        final = os.path.join(cfg.backup_dir, final_name)
+                        try:
+                            os.rename(os.path.join(cfg.backup_dir, tmp_name), final)
+                        except OSError as exc:
+                            raise storage.write_error(exc, final) from None
+                        finals.append(final)
                     try:
-                        os.rename(os.path.join(cfg.backup_dir, tmp_name), final)
+                        storage.fsync_dir(cfg.backup_dir)
                     except OSError as exc:
-                        raise storage.write_error(exc, final) from None
-                    finals.append(final)
-                try:
-                    storage.fsync_dir(cfg.backup_dir)
-                except OSError as exc:
-                    raise storage.write_error(exc, cfg.backup_dir) from None
-        except BaseException:
-            for final in finals:       # a half-renamed backup must not remain under final names
-                storage.remove_quietly(final)
-            raise
+                        raise storage.write_error(exc, cfg.backup_dir) from None
+            except BaseException:
+                for final in finals:       # a half-renamed backup must not remain under final names
+                    storage.remove_quietly(final)
+                raise
     finally:
         session.close()
 
@@ -277,7 +292,7 @@ def _run_locked(cfg: BackupConfig, clock: Clock, started: datetime, status: dict
     if cfg.offsite:
         try:
             with _timed(phases, "offsite"):
-                where = copy_offsite(cfg.offsite, files, cfg.timeouts.offsite)
+                where = copy_offsite(cfg.offsite, files, cfg.timeouts.offsite, gid)
         except SourceReadError as exc:
             raise BackupError(ExitCode.OFFSITE, f"off-host copy failed: {exc}") from None
         status["offsite"] = where
@@ -289,21 +304,46 @@ def _run_locked(cfg: BackupConfig, clock: Clock, started: datetime, status: dict
     status["corrupt"] = corrupt
 
 
-def _size(path: str) -> int:
+def backup_gid(cfg: BackupConfig) -> int:
+    """The group of the files the tool writes: backup_group, or else the backup directory's group."""
+    if cfg.backup_group is None:
+        return os.stat(cfg.backup_dir).st_gid
+    if isinstance(cfg.backup_group, int):
+        return cfg.backup_group
     try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
+        return grp.getgrnam(cfg.backup_group).gr_gid
+    except KeyError:
+        raise ConfigError(f"{cfg.source}: backup_group: no group named {cfg.backup_group!r} on this host") from None
 
 
-def check_free_space(cfg: BackupConfig, facts, with_aof: bool) -> None:
+def _set_backup_group(path: str, gid: int) -> None:
+    try:
+        storage.set_group(path, gid)
+    except OSError as exc:
+        raise BackupError(ExitCode.BACKUP_DIR, f"cannot give {path} the group {gid} (backup_group): "
+                                               f"{exc.strerror}") from None
+
+
+@contextlib.contextmanager
+def _open_sources(cfg: BackupConfig, facts, with_aof: bool):
+    """The RDB file and the AOF set, opened without following symlinks, as the data directory's owner."""
+    aof = None
+    if with_aof:
+        if not facts.appenddirname:
+            raise BackupError(ExitCode.SNAPSHOT, "AOF is on but the server has no appenddirname (Redis < 7 "
+                                                 "single-file AOF is not supported); set aof = \"off\"")
+        aof = (facts.appenddirname, facts.appendfilename + ".manifest")
+    with DataDir(facts.data_dir) as data:
+        rdb, aof_set = data.open_sources(facts.dbfilename, aof, time.monotonic() + cfg.timeouts.aof_rewrite)
+        if data.owner.st_uid != os.geteuid():
+            log.info("read the data directory %s as its owner (uid %d)", facts.data_dir, data.owner.st_uid)
+        yield rdb, aof_set
+
+
+def check_free_space(cfg: BackupConfig, source_bytes: int) -> None:
     """Refuse to start when the backup file system cannot hold the worst case (raw copy + an equally large
     gzip, the same for the AOF): filling it up could hurt Redis itself if it shares the file system."""
-    need = 2 * _size(os.path.join(facts.data_dir, facts.dbfilename))
-    if with_aof and facts.appenddirname:
-        aof_dir = os.path.join(facts.data_dir, facts.appenddirname)
-        with contextlib.suppress(OSError):
-            need += 2 * sum(_size(os.path.join(aof_dir, name)) for name in os.listdir(aof_dir))
+    need = 2 * source_bytes
     stat = os.statvfs(cfg.backup_dir)
     free = stat.f_bavail * stat.f_frsize
     if free < need:
@@ -313,17 +353,16 @@ def check_free_space(cfg: BackupConfig, facts, with_aof: bool) -> None:
                                           f"(space_check = false skips this estimate)")
 
 
-def _stage_rdb(cfg: BackupConfig, facts, bid: str, when: datetime, check_rdb: str, temps: list,
-               phases: dict) -> tuple:
+def _stage_rdb(cfg: BackupConfig, facts, rdb_source: OpenFile, bid: str, when: datetime, check_rdb: str,
+               temps: list, phases: dict) -> tuple:
     source = os.path.join(facts.data_dir, facts.dbfilename)
     raw = os.path.join(cfg.backup_dir, f".tmp-{bid}.rdb")
     temps.append(raw)
     try:
         with _timed(phases, "copy"):
-            raw_size = storage.copy_file(source, raw)
+            raw_size = storage.copy_fd(rdb_source.fd, source, raw, rdb_source.size)
     except SourceReadError as exc:
-        raise BackupError(ExitCode.SNAPSHOT, f"{exc} (data_dir/dbfilename; can this user read the Redis "
-                                             f"data directory?)") from None
+        raise BackupError(ExitCode.SNAPSHOT, f"{exc} (data_dir/dbfilename)") from None
     except OSError as exc:
         raise storage.write_error(exc, f"{raw} (copying {source})") from None
     with _timed(phases, "check_rdb"):
@@ -344,66 +383,30 @@ def _stage_rdb(cfg: BackupConfig, facts, bid: str, when: datetime, check_rdb: st
     return digest, size, raw_size
 
 
-def _stage_aof(cfg: BackupConfig, session, facts, bid: str, when: datetime, check_aof: str, temps: list) -> tuple:
-    """Copy the AOF directory with rewrites off (the procedure in the Redis persistence docs)."""
-    if not facts.appenddirname:
-        raise BackupError(ExitCode.SNAPSHOT, "AOF is on but the server has no appenddirname (Redis < 7 "
-                                             "single-file AOF is not supported); set aof = \"off\"")
+def _stage_aof(cfg: BackupConfig, facts, aof_set: AofSet, bid: str, when: datetime, check_aof: str,
+               temps: list) -> tuple:
+    """Copy the open AOF set (see source.py: no CONFIG SET needed), check it, archive it."""
     aof_dir = os.path.join(facts.data_dir, facts.appenddirname)
-    manifest = facts.appendfilename + ".manifest"
     stage = os.path.join(cfg.backup_dir, f".tmp-{bid}-aof")
-    links = os.path.join(stage, "links")
     copy_root = os.path.join(stage, facts.appenddirname)
     temps.append(stage)
     try:
         os.mkdir(stage, 0o750)
         os.mkdir(copy_root, 0o750)
+        storage.write_bytes_durably(os.path.join(copy_root, aof_set.manifest_name), aof_set.manifest)
     except OSError as exc:
         raise storage.write_error(exc, stage) from None
+    for opened in aof_set.files:
+        _copy_aof_file(opened, os.path.join(aof_dir, opened.name), os.path.join(copy_root, opened.name))
+    log.info("AOF: copied %s", ", ".join(f"{opened.name} ({opened.size} bytes)" for opened in aof_set.files))
 
-    original = session.config_get("auto-aof-rewrite-percentage")
-    if original is None:
-        raise BackupError(ExitCode.REDIS, "CONFIG GET auto-aof-rewrite-percentage returned nothing")
-    marker = _marker_path(cfg)
-    try:
-        storage.write_text_durably(marker, original + "\n")
-    except OSError as exc:
-        raise storage.write_error(exc, marker) from None
-    sizes: dict[str, int] = {}
-    try:
-        session.config_set("auto-aof-rewrite-percentage", "0")
-    except BaseException:
-        storage.remove_quietly(marker)        # nothing was changed
-        raise
-    log.info("AOF: auto-aof-rewrite-percentage %s -> 0 for the copy", original)
-    try:
-        session.wait_no_aof_rewrite(cfg.timeouts.aof_rewrite)
-        try:
-            names = sorted(name for name in os.listdir(aof_dir) if os.path.isfile(os.path.join(aof_dir, name)))
-        except OSError as exc:
-            raise BackupError(ExitCode.SNAPSHOT, f"cannot read AOF directory {aof_dir}: {exc.strerror}") from None
-        if manifest not in names:
-            raise BackupError(ExitCode.SNAPSHOT, f"AOF directory {aof_dir} has no {manifest}")
-        linked = _hard_link_all(aof_dir, links, names, sizes)
-        if not linked:
-            for name in names:     # different file system or not allowed: copy now, rewrites still off
-                sizes[name] = os.stat(os.path.join(aof_dir, name)).st_size
-                _copy_aof_file(os.path.join(aof_dir, name), os.path.join(copy_root, name), sizes[name])
-    except BaseException:
-        _restore_percentage(session, original, marker, raise_errors=False)
-        raise
-    _restore_percentage(session, original, marker, raise_errors=True)
-    if linked:   # the docs' variant: hard links made with rewrites off, copied after turning them back on
-        for name in names:
-            _copy_aof_file(os.path.join(links, name), os.path.join(copy_root, name), sizes[name])
-        storage.remove_quietly(links)
-
-    passed, output = storage.run_check(check_aof, os.path.join(copy_root, manifest), cfg.timeouts.check)
+    passed, output = storage.run_check(check_aof, os.path.join(copy_root, aof_set.manifest_name), cfg.timeouts.check)
     if not passed:
         raise BackupError(ExitCode.VERIFY, f"{os.path.basename(check_aof)} rejected the copy of {aof_dir}: {output}")
 
     archive = os.path.join(cfg.backup_dir, f".tmp-{bid}{AOF_SUFFIX}")
     temps.append(archive)
+    names = sorted([aof_set.manifest_name] + [opened.name for opened in aof_set.files])
     try:
         digest, size = _tar_gz(copy_root, facts.appenddirname, names, archive, cfg.compression_level, when)
         sidecar = archive + SUM_SUFFIX
@@ -415,39 +418,9 @@ def _stage_aof(cfg: BackupConfig, session, facts, bid: str, when: datetime, chec
     return digest, size
 
 
-def _restore_percentage(session, original: str, marker: str, raise_errors: bool) -> None:
-    """Put auto-aof-rewrite-percentage back; on failure the marker stays so that the next run retries."""
+def _copy_aof_file(source: OpenFile, source_path: str, target: str) -> None:
     try:
-        session.config_set("auto-aof-rewrite-percentage", original)
-    except BackupError as exc:
-        log.error("could not restore auto-aof-rewrite-percentage to %s: %s (the next run retries)",
-                  original, exc.message)
-        if raise_errors:
-            raise
-        return
-    storage.remove_quietly(marker)
-    log.info("AOF: auto-aof-rewrite-percentage restored to %s", original)
-
-
-def _hard_link_all(aof_dir: str, links: str, names: list[str], sizes: dict) -> bool:
-    try:
-        os.mkdir(links, 0o750)
-        for name in names:
-            target = os.path.join(links, name)
-            os.link(os.path.join(aof_dir, name), target)
-            sizes[name] = os.stat(target).st_size
-        log.debug("AOF: hard-linked %d files into %s", len(names), links)
-        return True
-    except OSError as exc:
-        log.info("AOF: hard links not possible (%s); copying with rewrites off", exc.strerror)
-        storage.remove_quietly(links)
-        sizes.clear()
-        return False
-
-
-def _copy_aof_file(source: str, target: str, size: int) -> None:
-    try:
-        storage.copy_file(source, target, limit=size)
+        storage.copy_fd(source.fd, source_path, target, source.size)
     except SourceReadError as exc:
         raise BackupError(ExitCode.SNAPSHOT, str(exc)) from None
     except OSError as exc:
@@ -573,10 +546,13 @@ def verify_backup(cfg: BackupConfig, backup: Backup, tmp_dir: str | None = None)
             ok, detail = _check_aof_archive(cfg, backup.aof_path, stage)
             if not ok:
                 return False, detail
-    return True, "checksum ok, redis-check-rdb ok" + (", redis-check-aof ok" if backup.has_aof else "")
-
-
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # The restore play checks the restored data against these figures (docs/backup-runbook.md):
+    # redis-check-rdb's last lines count the keys of the RDB.
+    figures = [re.search(rf"(\d+) {what}", output) for what in ("keys read", "expires", "already expired")]
+    counts = (f"; {figures[0][1]} keys read, {figures[1][1]} expires, {figures[2][1]} already expired"
+              if all(figures) else "")
+    return True, ("checksum ok, redis-check-rdb ok" + (", redis-check-aof ok" if backup.has_aof else "")
+                  + f"; sha256 {storage.read_sidecar(backup.rdb_path)}" + counts)
 
 
 def extract_aof_archive(archive: str, target: str) -> str:
@@ -591,7 +567,7 @@ def extract_aof_archive(archive: str, target: str) -> str:
     with tarfile.open(archive, mode="r:gz") as tar:
         for member in tar:
             parts = member.name.split("/")
-            if not member.isfile() or len(parts) != 2 or not all(_SAFE_NAME.match(part) for part in parts):
+            if not member.isfile() or len(parts) != 2 or not all(SAFE_NAME.match(part) for part in parts):
                 raise ValueError(f"unexpected member {member.name!r} in {os.path.basename(archive)}")
             if top not in (None, parts[0]):
                 raise ValueError(f"more than one directory in {os.path.basename(archive)}")
@@ -627,8 +603,8 @@ def _check_aof_archive(cfg: BackupConfig, archive: str, stage: str) -> tuple[boo
 
 
 def _set_owner_like(path: str, reference: os.stat_result) -> None:
-    if os.geteuid() == 0:
-        os.chown(path, reference.st_uid, reference.st_gid)
+    if os.geteuid() == 0:        # the target directory belongs to the Redis user: never chown through a link
+        os.chown(path, reference.st_uid, reference.st_gid, follow_symlinks=False)
 
 
 def restore_prepare(cfg: BackupConfig, name: str | None, rdb_dest: str, aof_dest: str | None, force: bool,
@@ -703,7 +679,7 @@ def _try_restore(cfg: BackupConfig, backup: Backup, rdb_dest: str, aof_dest: str
             for tmp, target in ((rdb_tmp, rdb_dest), (aof_tmp, aof_dest)):
                 if tmp is None:
                     continue
-                reference = os.stat(target) if os.path.lexists(target) else os.stat(os.path.dirname(target))
+                reference = os.lstat(target) if os.path.lexists(target) else os.stat(os.path.dirname(target))
                 for path in [tmp] + ([os.path.join(tmp, n) for n in os.listdir(tmp)] if os.path.isdir(tmp) else []):
                     _set_owner_like(path, reference)
                 if os.path.lexists(target):

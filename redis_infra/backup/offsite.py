@@ -16,7 +16,7 @@ import subprocess
 
 from . import BackupError, ExitCode
 from .config import Offsite
-from .storage import copy_file, fsync_dir, remove_quietly, sha256_file
+from .storage import copy_file, fsync_dir, remove_quietly, set_group, sha256_file
 
 log = logging.getLogger("redis_infra.backup")
 
@@ -49,10 +49,14 @@ def _run(command: list[str], timeout: float, what: str) -> str:
     return proc.stdout.decode("utf-8", "replace")
 
 
-def copy_offsite(offsite: Offsite, files: dict[str, str], timeout: float) -> str:
-    """Copy `files` ({local path: sha256}) to the destination and verify them there; return where."""
+def copy_offsite(offsite: Offsite, files: dict[str, str], timeout: float, gid: int | None = None) -> str:
+    """Copy `files` ({local path: sha256}) to the destination and verify them there; return where.
+
+    Local copies get the group `gid` (backup_group); a remote host has its own groups.
+    """
     if offsite.mode == "copy":
         _copy_local(offsite.destination, files)
+        _set_groups(offsite.destination, files, gid)
         return offsite.destination
     dest = offsite.destination.rstrip("/") + "/"
     command = [offsite.rsync, "--times", "--chmod=F0640"]
@@ -65,7 +69,17 @@ def copy_offsite(offsite: Offsite, files: dict[str, str], timeout: float) -> str
         _verify_remote(offsite, files, timeout)
     else:
         _verify_local(offsite.destination, files)
+        _set_groups(offsite.destination, files, gid)
     return offsite.destination
+
+
+def _set_groups(directory: str, files: dict[str, str], gid: int | None) -> None:
+    for path in files:
+        far = os.path.join(directory, os.path.basename(path))
+        try:
+            set_group(far, gid)
+        except OSError as exc:
+            raise _fail(f"cannot give {far} the group {gid} (backup_group): {exc.strerror}") from None
 
 
 def _verify_local(directory: str, files: dict[str, str]) -> None:

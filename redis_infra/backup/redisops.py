@@ -1,7 +1,7 @@
 """What the backup tool asks of Redis: only the commands in REQUIRED_ACL.
 
 Written against redis-py 4.3.4 (Debian 12) as well as current releases: plain `execute_command`,
-`info`, `config_get`, `config_set`; no newer helpers.
+`info`, `config_get`; no newer helpers. The tool never changes the server's config.
 """
 
 from __future__ import annotations
@@ -88,9 +88,6 @@ class RedisSession:
     def config_get(self, name: str) -> str | None:
         value = self.call(f"run CONFIG GET {name}", self.client.config_get, name)
         return value.get(name) if isinstance(value, dict) else None
-
-    def config_set(self, name: str, value: str) -> None:
-        self.call(f"run CONFIG SET {name}", self.client.config_set, name, value)
 
     def lastsave(self) -> int:
         value = self.call("run LASTSAVE", self.client.execute_command, "LASTSAVE")
@@ -195,18 +192,6 @@ class RedisSession:
                 return info
             if time.monotonic() >= deadline:
                 raise BackupError(ExitCode.SNAPSHOT, f"timed out after {timeout:g}s waiting for {what} on "
-                                                     f"{self.address} (timeouts.bgsave / timeouts.aof_rewrite)")
+                                                     f"{self.address} (timeouts.bgsave)")
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
-
-    # --- AOF ---------------------------------------------------------------------------------
-
-    def wait_no_aof_rewrite(self, timeout: float, poll: float = 0.1) -> None:
-        deadline = time.monotonic() + timeout
-        first = self.info("persistence")
-        if int(first.get("aof_rewrite_in_progress", 0)) or int(first.get("aof_rewrite_scheduled", 0)):
-            log.info("an AOF rewrite is in progress or scheduled; waiting for it to finish")
-        self._wait(deadline, timeout,
-                   lambda info: not int(info.get("aof_rewrite_in_progress", 0))
-                   and not int(info.get("aof_rewrite_scheduled", 0)),
-                   "the AOF rewrite", poll)

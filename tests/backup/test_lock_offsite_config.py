@@ -200,6 +200,9 @@ BASE = ('instance = "main"\nconnection_file = "/etc/c.toml"\nbackup_dir = "/var/
     (BASE + '[offsite]\ndestination = "host:/srv/b"\n', "offsite.ssh_identity: is required"),
     (BASE + '[offsite]\nmode = "copy"\ndestination = "host:/srv/b"\n', "offsite.destination: must be an absolute"),
     (BASE + "[tools]\ncheck_rdb = 5\n", "tools.check_rdb: must be a non-empty string"),
+    (BASE + "backup_group = true\n", "backup_group: must be a group name or a gid >= 0"),
+    (BASE + 'backup_group = ""\n', "backup_group: must be a group name or a gid >= 0"),
+    (BASE + "backup_group = -1\n", "backup_group: must be a group name or a gid >= 0"),
     ("instance = \n", "not valid TOML"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, key):
@@ -216,7 +219,8 @@ def test_config_defaults():
     cfg = config_module.parse(BASE)
     assert cfg.retention.keep_last == 7 and cfg.retention.keep_daily_days == 14
     assert cfg.compression_level == 6 and cfg.aof == "auto" and cfg.offsite is None
-    assert cfg.lock_file == "/run/lock/redis-infra-backup-main.lock"
+    assert cfg.lock_file == "/run/redis-infra-backup/main.lock"
+    assert cfg.backup_group is None
     assert cfg.timeouts.lock_wait == 0
 
 

@@ -16,17 +16,21 @@ from .conftest import CHECK_AOF, CHECK_RDB, FINAL_RE, PASSWORD, dump_all, fill, 
 
 
 def test_required_acl_is_the_documented_rule_string(make_env):
-    assert REQUIRED_ACL == "+ping +info +bgsave +lastsave +config|get +config|set +hello +auth"
+    assert REQUIRED_ACL == "+ping +info +bgsave +lastsave +config|get +hello +auth"
     assert REQUIRED_ACL.split() == [f"+{command}" for command in REQUIRED_ACL_COMMANDS]
+    assert "config|set" not in REQUIRED_ACL and "+config " not in REQUIRED_ACL + " "
     env = make_env()
     assert env.cli("acl").stdout.strip() == REQUIRED_ACL
-    # The user built from it has no key access at all.
+    # The user built from it (every test's backup user) has no key access and cannot change the config.
     user = redis.Redis(port=env.server.port, username="backup", password=PASSWORD, decode_responses=True)
     env.admin.set("secret", "x")
     with pytest.raises(redis.exceptions.NoPermissionError):
         user.get("secret")
     with pytest.raises(redis.exceptions.NoPermissionError):
         user.execute_command("FLUSHALL")
+    for name, value in (("maxmemory", "1"), ("auto-aof-rewrite-percentage", "0"), ("appendonly", "no")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            user.config_set(name, value)
 
 
 def test_run_success_rdb_only(make_env):
@@ -123,7 +127,7 @@ def test_restore_prepare_named_backup_and_missing_name(make_env):
 
 @pytest.mark.parametrize("backup_fs", ["same-fs", "tmpfs"])
 def test_run_with_aof(make_env, redis_factory, tmp_path, backup_fs):
-    """AOF on: the AOF directory is archived (hard links on the same file system, plain copy on another)."""
+    """AOF on: the files the manifest names are archived, with the backup dir on the same or another file system."""
     if backup_fs == "tmpfs":
         ctx = tmpfs(tmp_path / "aof-backups", size="64M")
     else:
@@ -134,9 +138,7 @@ def test_run_with_aof(make_env, redis_factory, tmp_path, backup_fs):
         expected = fill(env.admin, 30)
         result = env.cli("run")
         assert result.code == 0, result.stderr
-        assert "auto-aof-rewrite-percentage 77 -> 0" in result.stderr
-        assert ("hard links not possible" in result.stderr) == (backup_fs == "tmpfs")
-        # the original value is back
+        # the server's config is never touched, and no marker is written
         assert env.admin.config_get("auto-aof-rewrite-percentage") == {"auto-aof-rewrite-percentage": "77"}
         assert not (backup_dir / ".main.aof-rewrite-percentage").exists()
 
@@ -146,9 +148,13 @@ def test_run_with_aof(make_env, redis_factory, tmp_path, backup_fs):
         assert status["aof_file"] == str(archive)
         assert (backup_dir / (archive.name + ".sha256")).read_text() == f"{sha256(archive)}  {archive.name}\n"
         unpacked = tmp_path / "unpacked"
+        aof_dir = env.server.workdir / "appendonlydir"
+        manifest = (aof_dir / "appendonly.aof.manifest").read_text()
+        named = {line.split()[1] for line in manifest.splitlines() if " type h" not in line}
         with tarfile.open(archive) as tar:
             names = tar.getnames()
-            assert "appendonlydir/appendonly.aof.manifest" in names
+            # exactly the manifest and the base and incr files it names
+            assert sorted(names) == sorted(f"appendonlydir/{name}" for name in named | {"appendonly.aof.manifest"})
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(unpacked, filter="data")
             else:                                               # Python < 3.11.4
@@ -172,10 +178,10 @@ def test_run_with_aof(make_env, redis_factory, tmp_path, backup_fs):
         assert dump_all(redis.Redis(port=fresh.port, decode_responses=True)) == expected
 
 
-def test_aof_backup_waits_for_a_running_rewrite_and_bgsave_is_scheduled(make_env):
-    """A slow AOF rewrite (rdb-key-save-delay) is running: BGSAVE SCHEDULE, then the copy waits for it."""
+def test_aof_backup_during_a_running_rewrite_and_bgsave_is_scheduled(make_env, redis_factory, tmp_path):
+    """A slow AOF rewrite (rdb-key-save-delay) is running: BGSAVE SCHEDULE; the AOF copy is consistent."""
     env = make_env("appendonly yes\n")
-    fill(env.admin, 200)
+    expected = fill(env.admin, 200)
     env.admin.config_set("rdb-key-save-delay", "4000")     # ~1 s per rewrite or save of ~200 keys
     env.admin.bgrewriteaof()
     assert env.admin.info("persistence")["aof_rewrite_in_progress"] == 1
@@ -184,6 +190,12 @@ def test_aof_backup_waits_for_a_running_rewrite_and_bgsave_is_scheduled(make_env
     assert "BGSAVE SCHEDULE" in result.stderr
     assert env.status()["aof_included"] is True
     assert env.admin.config_get("auto-aof-rewrite-percentage")["auto-aof-rewrite-percentage"] == "100"
+    target = tmp_path / "restored"
+    target.mkdir()
+    assert env.cli("restore-prepare", "--rdb-dest", str(target / "dump.rdb"),
+                   "--aof-dir", str(target / "appendonlydir")).code == 0
+    fresh = redis_factory(f"dir {target}\nappendonly yes\n")
+    assert dump_all(redis.Redis(port=fresh.port, decode_responses=True)) == expected
 
 
 def test_bgsave_already_in_progress_is_waited_for(make_env):
@@ -197,12 +209,25 @@ def test_bgsave_already_in_progress_is_waited_for(make_env):
     assert env.admin.info("persistence")["rdb_saves"] >= 2     # the tool made its own save after the running one
 
 
-def test_leftover_rewrite_percentage_from_a_killed_run_is_restored(make_env):
+def test_marker_left_by_an_older_version_is_reported_then_removed(make_env):
+    """Older versions set auto-aof-rewrite-percentage 0 during the copy and saved the value in a marker.
+
+    This version cannot (and must not) CONFIG SET: while the setting is still 0 it backs up, says what
+    to run and keeps the marker; once an admin has put the value back, the next run removes the marker.
+    """
     env = make_env("appendonly yes\n")
     env.admin.config_set("auto-aof-rewrite-percentage", "0")
-    (env.backup_dir / ".main.aof-rewrite-percentage").write_text("55\n")
+    marker = env.backup_dir / ".main.aof-rewrite-percentage"
+    marker.write_text("55\n")
     result = env.cli("run")
     assert result.code == 0, result.stderr
-    assert "restoring 55" in result.stderr
+    assert "WARNING" in result.stderr and "CONFIG SET auto-aof-rewrite-percentage 55" in result.stderr
+    assert env.admin.config_get("auto-aof-rewrite-percentage")["auto-aof-rewrite-percentage"] == "0"
+    assert marker.exists()
+    env.admin.config_set("auto-aof-rewrite-percentage", "55")
+    result = env.cli("run")
+    assert result.code == 0, result.stderr
+    assert "auto-aof-rewrite-percentage" not in result.stderr
+    assert not marker.exists()
     assert env.admin.config_get("auto-aof-rewrite-percentage")["auto-aof-rewrite-percentage"] == "55"
 

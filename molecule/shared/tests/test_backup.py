@@ -1,5 +1,7 @@
-"""Backups that restore: the scheduled job, a backup taken by playbooks/backup.yml, and a round trip of
-every data type through playbooks/restore.yml (with AOF on in the production and valkey scenarios)."""
+"""Backups that restore: the scheduled job, a backup taken by playbooks/backup.yml, a round trip of every
+data type through playbooks/restore.yml (with AOF on in the production and valkey scenarios), restores
+that fail after the data moved aside and put it back, a restore refused while a backup runs, and, in
+the ha scenario (tests named test_ha_*), a restore of the replication group and a replica refused."""
 
 from __future__ import annotations
 
@@ -12,13 +14,16 @@ import subprocess
 import time
 
 import pytest
+import testinfra
 from preflight_cases import FAILURE_MESSAGE
+from testinfra.utils.ansible_runner import AnsibleRunner
 
 PROJECT = os.path.join(os.path.dirname(__file__), "..", "..", "..")
 CRON_FILE = "/etc/cron.d/redis-infra-backup"
 STATUS_DIR = "/var/lib/redis-infra/backup-status"
 BACKUP_DIR = "/var/backups/redis"
 PLAYBOOK_TIMEOUT = 600
+LOCK_DIR = "/run/redis-infra-backup"     # the backup tool's default lock directory
 
 # Runs inside the container with Debian's python3-redis, as the admin user of the connection file.
 # Prints the number of keys and a SHA-256 over every key's type, value and whether it has a TTL
@@ -97,8 +102,11 @@ def playbook(name, *args):
     """Run a project playbook against the scenario's inventory, without a terminal (stdin /dev/null)."""
     command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
                os.path.join(PROJECT, "playbooks", name), *args]
+    # Without colours: the callback colours each line, which would put escape codes between the words
+    # of a wrapped message.
+    environment = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     return subprocess.run(command, capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT, check=False,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, env=environment)
 
 
 def admin_commands(host, env, instance, commands):
@@ -132,6 +140,31 @@ def appendonly(host, env, instance):
 
 def unit(env, instance):
     return f"{env['engine']}-server@{instance['name']}.service"
+
+
+def side_dirs(host, env, instance, kind="before-restore"):
+    return host.run(f"ls -d /var/lib/{env['engine']}/{instance['name']}.{kind}-* 2>/dev/null").stdout.split()
+
+
+def newest_valid_backup(host, instance):
+    config = f"/etc/redis-infra/backup/{instance['name']}.toml"
+    listing = host.check_output(f"redis-infra-backup --config {config} list --json")
+    return next(item for item in json.loads(listing) if item["status"] == "ok")
+
+
+class Background:
+    """A command run on the host as a transient systemd unit, stopped (with all it started) on exit."""
+
+    def __init__(self, host, name, command):
+        self.host, self.name, self.command = host, name, command
+
+    def __enter__(self):
+        self.host.run(f"systemctl stop {self.name} 2>/dev/null; systemctl reset-failed {self.name} 2>/dev/null")
+        self.host.run_test(f"systemd-run --quiet --collect --unit={self.name} /bin/sh -c {shlex.quote(self.command)}")
+        return self
+
+    def __exit__(self, *exc):
+        self.host.run(f"systemctl stop {self.name}")
 
 
 def test_each_instance_has_a_cron_entry_without_a_secret(host, env):
@@ -227,6 +260,12 @@ def test_restore_round_trip_brings_back_every_key_value_and_ttl(host, env, backe
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "answers PONG" in output and "Keys now:" in output
+    # The report may be wrapped by the callback: any whitespace between words.
+    verified = re.search(r"Verified:\s+backup\s+\S+\s+sha256\s+[0-9a-f]{64}\s.*?(\d+)\s+keys\s+in\s+the\s+RDB,"
+                         r"\s+(\d+)\s+of\s+them\s+expired\s+since,\s+so\s+(\d+)\s+expected;\s+\S+:\s+(\d+)\s+keys",
+                         output, re.S)
+    assert verified, output[-3000:]
+    assert int(verified[3]) == int(verified[4]) >= backed_up["checksum"][0]
     for secret in env["secrets"]:
         assert secret not in output, "a password appears in the output of playbooks/restore.yml"
     print(f"backup playbook {backed_up['seconds']:.1f} s, restore playbook {elapsed:.1f} s")
@@ -246,6 +285,80 @@ def test_restore_round_trip_brings_back_every_key_value_and_ttl(host, env, backe
     assert checksum(host, instance) == backed_up["checksum"], "the restored data did not survive a restart"
     if aof == "yes":
         assert "aof_enabled:1" in info(host, env, instance, "persistence")
+
+
+def test_restore_refuses_while_a_backup_runs_and_changes_nothing(host, env, backed_up):
+    """A process holding the backup lock (as a running backup does): the play waits
+    redis_backup_restore_lock_wait seconds, then stops before the instance is touched."""
+    instance = backed_up["instance"]
+    lock = f"{LOCK_DIR}/{instance['name']}.lock"
+    before, started, asides = checksum(host, instance), run_id(host, env, instance), side_dirs(host, env, instance)
+    with Background(host, "restore-test-backup-running", f"exec flock {lock} sleep 300"):
+        for _ in range(50):
+            if host.run(f"flock --nonblock {lock} true").rc != 0:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the test could not take the backup lock")
+        result = playbook("restore.yml", "-e", f"redis_backup_restore_instance={instance['name']}", "-e", "confirm=yes",
+                          "-e", "redis_backup_restore_lock_wait=2")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    flat = " ".join(output.split())     # the callback may wrap the message
+    assert f"A backup of instance {instance['name']} is running" in flat and "Nothing was changed" in flat, \
+        output[-3000:]
+    assert run_id(host, env, instance) == started, "the instance was restarted"
+    assert checksum(host, instance) == before
+    assert side_dirs(host, env, instance) == asides
+
+
+@pytest.mark.parametrize("failure", ["backup lock taken", "backup deleted"])
+def test_restore_failing_after_the_data_moved_aside_puts_it_back(host, env, backed_up, failure):
+    """restore-prepare fails once the instance is stopped and its data moved aside: a backup took the
+    lock (exit 7), or retention deleted the chosen backup (exit 10). The rescue must bring the instance
+    back up with the data it had, not the backup's, and say where the restore failed."""
+    instance = backed_up["instance"]
+    admin_commands(host, env, instance, [["SET", "backup-test:written-before-a-failed-restore", failure],
+                                         ["RPUSH", "backup-test:list", failure]])
+    before = checksum(host, instance)
+    assert before != backed_up["checksum"]
+    started, asides, aof = run_id(host, env, instance), side_dirs(host, env, instance), appendonly(host, env, instance)
+    chosen = newest_valid_backup(host, instance)
+    held = f"/root/restore-test-held-{instance['name']}"
+    if failure == "backup lock taken":
+        action, code = f"exec flock {LOCK_DIR}/{instance['name']}.lock sleep 300", 7
+    else:
+        action, code = f"mkdir -p {held} && mv {chosen['file']} {held}/ && exec sleep 300", 10
+    # Acts as soon as the restore creates its side directory, before restore-prepare runs.
+    watcher = (f"while [ $(ls -d /var/lib/{env['engine']}/{instance['name']}.before-restore-* 2>/dev/null | wc -l) "
+               f"-le {len(asides)} ]; do sleep 0.05; done; {action}")
+    try:
+        with Background(host, "restore-test-failure", watcher):
+            result = playbook("restore.yml", "-e", f"redis_backup_restore_instance={instance['name']}",
+                              "-e", "confirm=yes", "-e", "redis_backup_restore_lock_wait=2")
+    finally:
+        host.run(f"[ -d {held} ] && mv {held}/* {BACKUP_DIR}/{instance['name']}/ && rmdir {held}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-4000:]
+    flat = " ".join(output.split())     # the callback may wrap the message
+    # Quotes may come escaped (YAML or JSON output): match around them.
+    assert re.search(r"failed at step \W+Put the backup\W+s RDB in place\W", flat), output[-4000:]
+    assert f"(exit code {code})" in flat, output[-4000:]
+    assert "The previous data is back" in flat and "the instance is up" in flat, output[-4000:]
+    for secret in env["secrets"]:
+        assert secret not in output, "a password appears in the output of playbooks/restore.yml"
+
+    assert host.service(unit(env, instance)).is_running
+    assert run_id(host, env, instance) != started, "the instance did not go through the restore's stop"
+    assert checksum(host, instance) == before, "the instance did not get its own data back"
+    assert appendonly(host, env, instance) == aof
+    assert side_dirs(host, env, instance) == asides, "the emptied side directory was left behind"
+    host.run_test(f"systemctl restart {unit(env, instance)}")
+    for _ in range(50):
+        if "loading:0" in info(host, env, instance, "persistence"):
+            break
+        time.sleep(0.2)
+    assert checksum(host, instance) == before, "the data put back did not survive a restart"
 
 
 def test_backup_preflight_names_the_bad_variable_and_changes_nothing(host, env, tmp_path):
@@ -288,3 +401,93 @@ def test_backup_preflight_names_the_bad_variable_and_changes_nothing(host, env, 
     assert host.check_output(checksums) == before, "a failed preflight changed files on the host"
     for secret in env["secrets"]:
         assert secret not in result.stdout
+
+
+# --- The replication group (molecule/ha): cluster-wide tests, run once, not once per host ----------
+
+HA_INSTANCE = {"name": "main", "port": 6379}
+
+
+@pytest.fixture(scope="module")
+def group():
+    """The Redis hosts of a replication topology with Sentinel, and what the tests need to reach them."""
+    if "MOLECULE_INVENTORY_FILE" not in os.environ:
+        pytest.skip("not run by Molecule")
+    runner = AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"])
+    if not runner.get_hosts("redis_replicas") or not runner.get_hosts("redis_sentinel"):
+        pytest.skip("no replication with Sentinel in this scenario")
+    names = runner.get_hosts("redis")
+    variables = runner.get_variables(names[0])
+    hosts = {name: testinfra.get_host(f"ansible://{name}?ansible_inventory={os.environ['MOLECULE_INVENTORY_FILE']}")
+             for name in names}
+    env = {"engine": "redis", "cli": "redis-cli", "admin": variables["redis_server_admin_password"],
+           "secrets": [variables[name] for name in ("redis_server_password", "redis_server_admin_password",
+                                                    "redis_server_backup_password", "redis_sentinel_password")]}
+    roles = {name: admin_commands(host, env, HA_INSTANCE, [["ROLE"]]).split()[0] for name, host in hosts.items()}
+    primaries = [name for name, role in roles.items() if role == "master"]
+    assert len(primaries) == 1, roles
+    return {"hosts": hosts, "env": env, "primary": primaries[0], "variables": variables,
+            "replicas": [name for name in names if name != primaries[0]],
+            "address": {name: host.check_output("ip -4 route get 1.1.1.1 | grep -o 'src [0-9.]*' | cut -d' ' -f2")
+                        for name, host in hosts.items()}}
+
+
+def sentinel_command(group, name, *args):
+    password = group["variables"]["redis_sentinel_password"]
+    port = group["variables"].get("redis_sentinel_port", 26379)
+    quoted = " ".join(shlex.quote(str(arg)) for arg in args)
+    return group["hosts"][name].check_output(
+        f"REDISCLI_AUTH={shlex.quote(password)} redis-cli --no-auth-warning -p {port} {quoted}").splitlines()
+
+
+def test_ha_restore_onto_a_replica_is_refused_before_anything_changes(group):
+    replica = group["replicas"][0]
+    host, env = group["hosts"][replica], group["env"]
+    started, asides = run_id(host, env, HA_INSTANCE), side_dirs(host, env, HA_INSTANCE)
+    result = playbook("restore.yml", "--limit", replica, "-e", "confirm=yes")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    flat = " ".join(output.split())     # the callback may wrap the message
+    assert "is a replica of" in flat and f"--limit {group['primary']}" in flat, output[-3000:]
+    assert "Nothing was changed" in flat
+    assert run_id(host, env, HA_INSTANCE) == started, "the replica was restarted"
+    assert admin_commands(host, env, HA_INSTANCE, [["ROLE"]]).split()[0] == "slave"
+    assert side_dirs(host, env, HA_INSTANCE) == asides
+
+
+def test_ha_restore_brings_the_backup_to_every_host_and_sentinel_agrees(group):
+    primary, env = group["primary"], group["env"]
+    hosts = group["hosts"]
+    down_after = group["variables"].get("redis_sentinel_down_after_milliseconds", 5000)
+    try:
+        admin_commands(hosts[primary], env, HA_INSTANCE, DATA + [["WAIT", "2", "5000"]])
+        before = checksum(hosts[primary], HA_INSTANCE)
+        backup = playbook("backup.yml", "--limit", primary, "-e", json.dumps({"redis_backup_now_instances": ["main"]}))
+        assert backup.returncode == 0, (backup.stdout + backup.stderr)[-3000:]
+        admin_commands(hosts[primary], env, HA_INSTANCE, CHANGES + [["WAIT", "2", "5000"]])
+        assert checksum(hosts[group["replicas"][0]], HA_INSTANCE) != before
+
+        started = time.monotonic()
+        result = playbook("restore.yml", "--limit", primary, "-e", "confirm=yes")
+        elapsed = time.monotonic() - started
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-5000:]
+        assert re.search(r"Verified:\s+backup\s+main-", output), output[-3000:]
+        for secret in env["secrets"]:
+            assert secret not in output, "a password appears in the output of playbooks/restore.yml"
+        print(f"restore of the group: {elapsed:.1f} s")
+
+        for name, host in hosts.items():
+            assert checksum(host, HA_INSTANCE) == before, f"{name} does not hold the restored data"
+        roles = {name: admin_commands(host, env, HA_INSTANCE, [["ROLE"]]).split()[0] for name, host in hosts.items()}
+        assert roles == {name: "master" if name == primary else "slave" for name in hosts}, roles
+        for name in hosts:
+            assert sentinel_command(group, name, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "main") == \
+                [group["address"][primary], "6379"], f"the Sentinel on {name} names another primary"
+            master = sentinel_command(group, name, "SENTINEL", "MASTER", "main")
+            settings = dict(zip(master[::2], master[1::2], strict=False))
+            assert settings["down-after-milliseconds"] == str(down_after), f"Sentinel on {name}: {settings}"
+    finally:
+        admin_commands(hosts[primary], env, HA_INSTANCE, [
+            ["DEL", *sorted({command[1] for command in DATA + CHANGES if command[0] not in ("SELECT", "WAIT")})],
+            ["SELECT", "3"], ["DEL", "backup-test:db3"]])
