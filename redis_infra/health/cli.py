@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--instance", action="append", metavar="NAME",
                        help="check only this instance (repeatable)")
     sub.add_parser("acl", help="print the ACL rules the monitoring user needs")
+    hashing = sub.add_parser("hash-passwords", help="bcrypt the passwords of a JSON object {user: password} on "
+                                                    "stdin; print {user: hash} as JSON")
+    hashing.add_argument("--keep", metavar="WEB_CONFIG",
+                         help="reuse the hash of a user in this web config file while it still matches")
     return parser
 
 
@@ -39,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "acl":
         print(REQUIRED_ACL)
         return 0
+    if args.command == "hash-passwords":
+        return hash_passwords(args.keep)
     try:
         config = load_config(args.config)
         if args.command == "check" and args.instance:
@@ -51,6 +57,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return run_check(config, as_json=args.json)
     return run_serve(config)
+
+
+def hash_passwords(keep: str | None, stdin=None, out=None) -> int:
+    """For the role: passwords come on stdin (never in arguments), hashes go to stdout. A user whose
+    current hash still matches keeps it, so that re-running the role changes nothing."""
+    import bcrypt
+
+    try:
+        users = json.load(stdin or sys.stdin)
+        if not isinstance(users, dict) or not all(isinstance(v, str) and v for v in users.values()):
+            raise ValueError("expected a JSON object of user names to non-empty passwords")
+    except ValueError as exc:
+        print(f"{PROG}: hash-passwords: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    current: dict[str, bytes] = {}
+    if keep:
+        from .web import load_web_config
+
+        try:
+            current = load_web_config(keep).users
+        except ConfigError:
+            current = {}            # missing or unusable: every user gets a new hash
+    hashes = {}
+    for user, password in users.items():
+        secret = password.encode()
+        if len(secret) > 72:
+            print(f"{PROG}: hash-passwords: the password of '{user}' is longer than bcrypt's 72 bytes",
+                  file=sys.stderr)
+            return 2
+        old = current.get(user)
+        if old is not None and bcrypt.checkpw(secret, old):
+            hashes[user] = old.decode()
+        else:
+            hashes[user] = bcrypt.hashpw(secret, bcrypt.gensalt(rounds=12)).decode()
+    (out or sys.stdout).write(json.dumps(hashes) + "\n")
+    return 0
 
 
 def _only(config, names: list[str]):
@@ -102,19 +144,28 @@ def _num(value) -> str:
 
 def run_serve(config) -> int:
     from .service import HealthServer, Monitor
+    from .web import load_web_config
     from .webhook import WebhookNotifier
 
     log = logging.getLogger("redis_infra.health")
-    notifier = WebhookNotifier(config.webhook).start() if config.webhook else None
-    monitor = Monitor(config, notifier)
     try:
-        server = HealthServer((config.listen_address, config.listen_port), monitor, config.http_max_connections)
-    except OSError as exc:
-        print(f"{PROG}: cannot listen on {config.listen_address}:{config.listen_port}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
-        if notifier:
-            notifier.stop()
+        web = load_web_config(config.web_config_file) if config.web_config_file else None
+    except ConfigError as exc:
+        print(f"{PROG}: config error: {exc}", file=sys.stderr)
         return 2
+    addresses = config.listen_addresses or (config.listen_address,)
+    monitor = Monitor(config)
+    try:
+        server = HealthServer((addresses[0], config.listen_port), monitor, config.http_max_connections, web=web,
+                              request_timeout=config.http_request_timeout, addresses=addresses)
+    except OSError as exc:
+        where = ", ".join(f"[{host}]:{config.listen_port}" if ":" in host else f"{host}:{config.listen_port}"
+                          for host in addresses)
+        print(f"{PROG}: cannot listen on {where}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    notifier = WebhookNotifier(config.webhook).start() if config.webhook else None
+    monitor.notifier = notifier
 
     def shutdown(signum, _frame):
         log.info("signal %d: shutting down", signum)
@@ -123,9 +174,13 @@ def run_serve(config) -> int:
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     monitor.start()
-    host, port = server.server_address[:2]
-    log.info("serving on %s:%d, checking %d instance(s) every %g s: %s", host, port, len(config.instances),
-             config.interval, ", ".join(instance.name for instance in config.instances))
+    port = server.server_address[1]
+    security = ", ".join(item for item in (("TLS" if server.ssl_context else ""),
+                                           (f"basic auth ({len(web.users)} user(s))" if server.auth else ""))
+                         if item) or "no TLS, no authentication"
+    log.info("serving on %s port %d (%s), checking %d instance(s) every %g s: %s", ", ".join(addresses), port,
+             security, len(config.instances), config.interval,
+             ", ".join(instance.name for instance in config.instances))
     try:
         server.serve_forever(poll_interval=0.5)
     finally:

@@ -3,11 +3,13 @@
 Every problem (missing file, bad TOML, unknown key, wrong type, bad value) raises ConfigError with a
 one-line message that names the file and the key; the CLI prints it and exits with code 2.
 
-    listen_address = "127.0.0.1"     # default 127.0.0.1
+    listen_address = "127.0.0.1"     # default 127.0.0.1; or a list: ["127.0.0.1", "10.0.0.5"]
     listen_port = 9122               # default 9122 (9121 is redis_exporter's)
     interval = 30                    # seconds between check cycles, default 30
     timeout = 5                      # seconds one instance's check may take, default min(5, interval)
-    http_max_connections = 256       # concurrent HTTP connections served, default 256
+    http_max_connections = 1024      # concurrent HTTP connections served, default 1024
+    http_request_timeout = 5         # seconds a client has for one request (TLS, request, response)
+    web_config_file = "/etc/redis-infra/health-web.yml"   # optional: TLS and basic auth (web.py)
     log_level = "info"               # debug, info, warning, error
 
     [thresholds]                     # all optional; defaults in THRESHOLD_DEFAULTS
@@ -112,7 +114,10 @@ class Config:
     listen_port: int = DEFAULT_LISTEN_PORT
     interval: float = 30.0
     timeout: float = 5.0
-    http_max_connections: int = 256
+    http_max_connections: int = 1024
+    http_request_timeout: float = 5.0
+    web_config_file: str | None = None
+    listen_addresses: tuple[str, ...] = ()     # every address; listen_address is the first
     log_level: str = "info"
     thresholds: Thresholds = field(default_factory=Thresholds)
     webhook: WebhookConfig | None = None
@@ -210,8 +215,8 @@ def _fmt(value: float) -> str:
 
 # --- the file ------------------------------------------------------------------------------------
 
-_TOP_KEYS = ("listen_address", "listen_port", "interval", "timeout", "http_max_connections", "log_level",
-             "thresholds", "webhook", "instances")
+_TOP_KEYS = ("listen_address", "listen_port", "interval", "timeout", "http_max_connections",
+             "http_request_timeout", "web_config_file", "log_level", "thresholds", "webhook", "instances")
 _INSTANCE_KEYS = ("name", "connection_file", "backup_status_file", "max_backup_age", "replication_group",
                   "expected_replicas")
 _WEBHOOK_KEYS = ("url", "timeout", "retries", "backoff", "queue_size")
@@ -241,13 +246,15 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 
     top = _Reader(source, data, "")
     top.check_unknown(_TOP_KEYS)
-    listen_address = top.string("listen_address", DEFAULT_LISTEN_ADDRESS)
+    addresses = _addresses(top)
     listen_port = top.integer("listen_port", DEFAULT_LISTEN_PORT, minimum=1, maximum=65535)
     interval = top.number("interval", 30.0, positive=True, maximum=86400)
     timeout = top.number("timeout", None, positive=True, maximum=3600)
     if timeout is None:
         timeout = min(5.0, interval)
-    http_max = top.integer("http_max_connections", 256, minimum=1, maximum=100000)
+    http_max = top.integer("http_max_connections", 1024, minimum=1, maximum=100000)
+    request_timeout = top.number("http_request_timeout", 5.0, positive=True, maximum=300)
+    web_config_file = top.string("web_config_file")
     log_level = top.string("log_level", "info")
     if log_level not in _LOG_LEVELS:
         raise top.fail("log_level", f"must be one of {', '.join(_LOG_LEVELS)}, got '{log_level}'")
@@ -257,9 +264,24 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     webhook = _webhook(source, webhook_table) if webhook_table is not None else None
     instances = _instances(source, data.get("instances"))
 
-    return Config(instances=instances, listen_address=listen_address, listen_port=listen_port,
-                  interval=interval, timeout=timeout, http_max_connections=http_max, log_level=log_level,
-                  thresholds=thresholds, webhook=webhook, source=source)
+    return Config(instances=instances, listen_address=addresses[0], listen_port=listen_port,
+                  interval=interval, timeout=timeout, http_max_connections=http_max,
+                  http_request_timeout=request_timeout, web_config_file=web_config_file,
+                  listen_addresses=addresses, log_level=log_level, thresholds=thresholds, webhook=webhook,
+                  source=source)
+
+
+def _addresses(top: _Reader) -> tuple[str, ...]:
+    """listen_address: one address or a list of them (e.g. loopback and the one Prometheus scrapes)."""
+    value = top.table.get("listen_address")
+    if not isinstance(value, list):
+        return (top.string("listen_address", DEFAULT_LISTEN_ADDRESS),)
+    top.used.add("listen_address")
+    if not value or not all(isinstance(item, str) and item.strip() for item in value):
+        raise top.fail("listen_address", "must be an address or a non-empty list of addresses")
+    if len(set(value)) != len(value):
+        raise top.fail("listen_address", f"lists an address twice: {', '.join(value)}")
+    return tuple(value)
 
 
 def _thresholds(source: str, table: dict) -> Thresholds:
@@ -283,7 +305,8 @@ def _webhook(source: str, table: dict) -> WebhookConfig:
     url = reader.string("url", required=True)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise reader.fail("url", f"must be an http:// or https:// URL with a host, got '{url}'")
+        raise reader.fail("url", "must be an http:// or https:// URL with a host (the value is not shown: "
+                                 "a webhook URL often carries its secret)")
     return WebhookConfig(
         url=url,
         timeout=reader.number("timeout", 5.0, positive=True, maximum=300),

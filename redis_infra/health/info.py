@@ -3,6 +3,7 @@ result is the same whatever the redis-py version)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -96,8 +97,20 @@ def errorstats(info: dict[str, str]) -> dict[str, float]:
     return stats
 
 
+# Commands whose second word names a subcommand (a fixed vocabulary, never user data); for every
+# other command the second word may be a key or a value.
+_CONTAINER_COMMANDS = frozenset((
+    "ACL", "CLIENT", "CLUSTER", "COMMAND", "CONFIG", "DEBUG", "FUNCTION", "LATENCY", "MEMORY", "MODULE",
+    "OBJECT", "PUBSUB", "SCRIPT", "SLOWLOG", "XGROUP", "XINFO",
+))
+_NAME_CHARS = re.compile(r"^[A-Za-z][A-Za-z0-9_.|-]{0,39}$")
+
+
 @dataclass(frozen=True)
 class SlowEntry:
+    """One slow-log entry. `command` is the command's name only (with the subcommand of a container
+    command such as CLIENT or CONFIG): its arguments are keys, values, scripts or passwords, and never
+    leave the checker."""
     id: int
     timestamp: int
     duration_us: int
@@ -108,8 +121,20 @@ class SlowEntry:
         return f"{self.command} ({self.duration_us / 1000:.1f} ms)"
 
 
+def command_name(args: list) -> str:
+    """The command name of a slow-log argument list, upper-case; '?' when it does not look like one."""
+    words = [_text(arg) for arg in args[:2]]
+    if not words or not _NAME_CHARS.match(words[0]):
+        return "?"
+    name = words[0].upper()
+    if name in _CONTAINER_COMMANDS and len(words) > 1 and _NAME_CHARS.match(words[1]):
+        name += " " + words[1].upper()
+    return name
+
+
 def parse_slowlog(reply) -> list[SlowEntry]:
-    """SLOWLOG GET reply (list of [id, ts, usec, [args], addr?, name?]) -> entries; malformed ones skipped."""
+    """SLOWLOG GET reply (list of [id, ts, usec, [args], addr?, name?]) -> entries without the
+    commands' arguments; malformed ones skipped."""
     entries = []
     if not isinstance(reply, list):
         return entries
@@ -121,12 +146,8 @@ def parse_slowlog(reply) -> list[SlowEntry]:
         except (TypeError, ValueError):
             continue
         args = item[3] if isinstance(item[3], list) else [item[3]]
-        words = [_text(arg) for arg in args[:6]]
-        command = " ".join(words)
-        if len(command) > 120:
-            command = command[:117] + "..."
         name = _text(item[5]) if len(item) > 5 else ""
-        entries.append(SlowEntry(entry_id, timestamp, duration, command, name))
+        entries.append(SlowEntry(entry_id, timestamp, duration, command_name(args), name))
     return entries
 
 

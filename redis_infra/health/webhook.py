@@ -3,6 +3,10 @@
 The check loop only calls `notify()`, which never blocks: when the queue is full the event is
 dropped (and counted). The sender thread POSTs each event as JSON, retrying with exponential
 backoff (backoff, 2*backoff, 4*backoff ... seconds) up to `retries` times.
+
+A webhook URL usually carries its secret in the path or the query (Slack, Teams, Mattermost hooks),
+so it is never logged: log lines name `scheme://host:port/…` only, and the text of an error is
+scrubbed of the URL and its parts before it is logged.
 """
 
 from __future__ import annotations
@@ -14,10 +18,33 @@ import queue
 import threading
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit
 
 from .config import WebhookConfig
 
 log = logging.getLogger("redis_infra.health.webhook")
+
+
+def redact_url(url: str) -> str:
+    """`scheme://host[:port]/…`: what may be logged of a URL (no user, password, path or query)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparsable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme or '?'}://{host}{port}/…"
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` with the URL, its path, query and credentials replaced by the redacted URL."""
+    parts = urlsplit(url)
+    secrets = [url, parts.path, parts.query, parts.fragment, parts.password or "", parts.username or ""]
+    for secret in sorted((item for item in secrets if len(item) > 1), key=len, reverse=True):
+        text = text.replace(secret, redact_url(url))
+    return " ".join(text.split())
 
 
 class WebhookNotifier:
@@ -71,8 +98,8 @@ class WebhookNotifier:
                 self.stats["ok"] += 1
                 return
             except Exception as exc:
-                log.warning("webhook %s attempt %d/%d failed: %s", self.config.url, attempt + 1,
-                            self.config.retries + 1, exc)
+                log.warning("webhook %s attempt %d/%d failed: %s", redact_url(self.config.url), attempt + 1,
+                            self.config.retries + 1, scrub(str(exc) or type(exc).__name__, self.config.url))
         self.stats["failed"] += 1
 
     def _post(self, body: bytes) -> None:
@@ -82,4 +109,5 @@ class WebhookNotifier:
         with urllib.request.urlopen(request, timeout=self.config.timeout) as response:  # noqa: S310
             response.read(65536)
             if not 200 <= response.status < 300:
-                raise urllib.error.HTTPError(self.config.url, response.status, "unexpected status", None, None)
+                raise urllib.error.HTTPError(redact_url(self.config.url), response.status, "unexpected status",
+                                             None, None)

@@ -53,9 +53,10 @@ def run_checker():
 
     started = []
 
-    def start(config, notifier=None) -> RunningChecker:
+    def start(config, notifier=None, web=None) -> RunningChecker:
         monitor = Monitor(config, notifier)
-        server = HealthServer(("127.0.0.1", 0), monitor, config.http_max_connections)
+        server = HealthServer(("127.0.0.1", 0), monitor, config.http_max_connections, web=web,
+                              request_timeout=config.http_request_timeout)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
         thread.start()
         monitor.start()

@@ -27,7 +27,7 @@ from redis_infra.health.checks import (
     select_new_slow_entries,
 )
 from redis_infra.health.config import InstanceConfig, Thresholds
-from redis_infra.health.info import SlowEntry, parse_info, parse_slowlog, server_kind
+from redis_infra.health.info import SlowEntry, command_name, parse_info, parse_slowlog, server_kind
 from redis_infra.health.metrics import build_families
 
 T = Thresholds()
@@ -193,7 +193,8 @@ def test_slowlog_selection_and_threshold():
     assert {entry.id for entry in first} == {7, 5}
     result = evaluate_slowlog(first, T, first=True)
     assert (result.status, result.value) == (DEGRADED, 1)
-    assert "DEBUG SLEEP 0.25 (250.0 ms)" in result.reason
+    assert "DEBUG SLEEP (250.0 ms)" in result.reason and "0.25" not in result.reason
+    assert [entry.command for entry in entries] == ["DEBUG SLEEP", "KEYS", "SET"]      # names, no arguments
     later = select_new_slow_entries(entries, 6, now, 30)
     assert [entry.id for entry in later] == [7]
     assert evaluate_slowlog(select_new_slow_entries(entries, 7, now, 30), T, first=False).status == HEALTHY
@@ -309,4 +310,21 @@ def test_metrics_from_valkey_info_use_exporter_names():
 
 
 def test_slow_entry_describe():
-    assert SlowEntry(1, 0, 123456, "KEYS *").describe() == "KEYS * (123.5 ms)"
+    assert SlowEntry(1, 0, 123456, "KEYS").describe() == "KEYS (123.5 ms)"
+
+
+def test_command_name_drops_every_argument():
+    cases = [
+        (["GET", "user:secret-token"], "GET"),
+        (["set", "k", "hunter2"], "SET"),
+        (["EVAL", "return 1", "0"], "EVAL"),
+        (["AUTH", "alice", "hunter2"], "AUTH"),
+        (["ACL", "SETUSER", "app", ">hunter2"], "ACL SETUSER"),
+        (["config", "set", "requirepass", "hunter2"], "CONFIG SET"),
+        (["CLIENT", "KILL", "ID", "7"], "CLIENT KILL"),
+        (["CLIENT", "s3cr3t value"], "CLIENT"),           # not a subcommand name: left out
+        ([b"FT.SEARCH", b"idx", b"@name:secret"], "FT.SEARCH"),
+        (["hunter2 with spaces", "x"], "?"),
+        ([], "?"),
+    ]
+    assert [command_name(args) for args, _ in cases] == [name for _, name in cases]
