@@ -25,14 +25,15 @@ case "${1:-up}" in
     for host in $(docker ps --filter label=owner=molecule --filter name=redis-infra-lab --format '{{.Names}}' | sort); do
       ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$host")
       role=$(docker exec "$host" env REDISCLI_AUTH="$LAB_REDIS_ADMIN_PASSWORD" redis-cli --no-auth-warning --user admin ROLE | head -1)
-      echo "  $host  $ip  redis :6379 ($role)  sentinel :26379  health http://$ip:9122/api/health"
+      echo "  $host  $ip  redis :6379 ($role)  sentinel :26379  health 127.0.0.1:9122 inside the container"
     done
     echo "  Topology (primary, replicas, Sentinels): .lab/topology.json"
     echo "  Applications: ask a Sentinel for 'main' (SENTINEL GET-MASTER-ADDR-BY-NAME main), then redis://:<LAB_REDIS_PASSWORD>@<primary>:6379"
     echo "  Passwords: $secrets (application = default user, admin, monitor, backup, replication, Sentinel)."
     echo "  Try:  docker exec -it redis-infra-lab-1 redis-cli --user admin --askpass INFO replication"
+    echo "        docker exec redis-infra-lab-1 python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:9122/api/health\").read().decode())'"
     echo "  Set up: AOF everysec + RDB snapshots, maxmemory 2gb allkeys-lru, ACL users (FLUSHALL, KEYS, CONFIG, ..."
-    echo "          refused for the application), nightly verified backups, health checker on :9122, Sentinel"
+    echo "          refused for the application), nightly verified backups, health checker on loopback :9122 (no auth or TLS set in the lab), Sentinel"
     echo "          failover; kernel settings saved (a container cannot apply them)."
     echo "  Remove it with: make lab-destroy"
     ;;
