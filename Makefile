@@ -4,7 +4,9 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
-SCENARIOS ?= default production valkey redis8 ha
+# Molecule lanes: they run side by side, the scenarios of a lane (comma-separated) one after another.
+# The ha scenario's failover tests get a lane of their own. `make test-molecule LANES=production` runs one.
+LANES ?= ha default,production,valkey,redis8
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -42,10 +44,10 @@ lint: venv collections ## yamllint, ansible-lint (production profile), ruff
 	$(BIN)/ruff check .
 
 test-fast: venv collections ## Fast tests: templates and Python tools against real redis-server processes
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -n 2 tests
 
-test-molecule: venv collections images ## Every Molecule scenario: check mode, converge, idempotence, verify
-	set -e; for scenario in $(SCENARIOS); do $(BIN)/molecule test -s $$scenario; done
+test-molecule: venv collections images ## Every Molecule scenario (in parallel lanes): check mode, converge, verify
+	MOLECULE=$(BIN)/molecule scripts/test-molecule.sh $(LANES)
 
 test: host lint test-fast test-molecule ## Lint, fast tests, then every Molecule scenario
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -128,6 +129,66 @@ def test_disabled_commands_refused_for_application_allowed_for_admin(host, env, 
         assert "NOPERM" in reply, reply
 
 
+# The seed's six uses of Redis, run through redis-py as the application's user, then the commands that
+# would let it disrupt other clients, the replicas or the operators' evidence.
+APPLICATION_USES = r"""
+import json, os, sys, time
+import redis
+r = redis.Redis(host="127.0.0.1", port=int(sys.argv[1]), password=os.environ.get("REDISCLI_AUTH") or None,
+                decode_responses=True, socket_timeout=5)
+done = []
+assert r.set("cache:user:1", "cached", ex=60) and 0 < r.ttl("cache:user:1") <= 60 and r.get("cache:user:1") == "cached"
+done.append("cache")
+r.hset("session:web:abc", mapping={"user": "1", "role": "reader"}); r.expire("session:web:abc", 1800)
+assert r.hgetall("session:web:abc") == {"user": "1", "role": "reader"}
+done.append("sessions")
+limiter = r.register_script("local n = redis.call('INCR', KEYS[1]) "
+                            "if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return n")
+assert [limiter(keys=["ratelimit:api:1"], args=[1000]) for _ in range(3)] == [1, 2, 3]
+assert r.evalsha(limiter.sha, 1, "ratelimit:api:1", 1000) == 4
+done.append("rate limit")
+sub = r.pubsub(); sub.subscribe("events:orders")
+sub.get_message(timeout=2)
+assert r.publish("events:orders", "created") == 1
+message = sub.get_message(timeout=2)
+assert message and message["data"] == "created"; sub.close()
+done.append("pub/sub")
+assert r.set("lock:job:7", "token-1", nx=True, px=5000) and not r.set("lock:job:7", "token-2", nx=True, px=5000)
+release = r.register_script("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                            "return redis.call('DEL', KEYS[1]) end return 0")
+assert release(keys=["lock:job:7"], args=["token-2"]) == 0 and release(keys=["lock:job:7"], args=["token-1"]) == 1
+done.append("locks")
+r.lpush("queue:mail", "job-1"); assert r.brpop("queue:mail", timeout=1) == ("queue:mail", "job-1")
+r.delete("stream:orders"); r.xadd("stream:orders", {"id": "1"}); r.xgroup_create("stream:orders", "workers", id="0")
+entries = r.xreadgroup("workers", "worker-1", {"stream:orders": ">"}, count=1)
+assert r.xack("stream:orders", "workers", entries[0][1][0][0]) == 1
+done.append("queues")
+r.delete("cache:user:1", "session:web:abc", "ratelimit:api:1", "queue:mail", "stream:orders")
+refused = {}
+for command in (["CLIENT", "PAUSE", "10"], ["CLIENT", "KILL", "TYPE", "replica"], ["CLIENT", "NO-EVICT", "on"],
+                ["FUNCTION", "FLUSH"], ["SCRIPT", "FLUSH"], ["SLOWLOG", "RESET"], ["LATENCY", "RESET"],
+                ["FLUSHALL"], ["CONFIG", "SET", "maxmemory", "1"], ["ACL", "LIST"], ["REPLICAOF", "NO", "ONE"]):
+    try:
+        r.execute_command(*command)
+        refused[" ".join(command)] = "ALLOWED"
+    except redis.exceptions.NoPermissionError:
+        refused[" ".join(command)] = "NOPERM"
+    except redis.exceptions.ResponseError as exc:
+        refused[" ".join(command)] = str(exc)
+print(json.dumps({"done": done, "refused": refused}))
+"""
+
+
+def test_application_user_does_its_job_and_cannot_disrupt(host, env):
+    for instance in env["instances"]:
+        script = f"python3 - {instance['port']} <<'PYTHON'\n{APPLICATION_USES}\nPYTHON"
+        result = host.run(f"REDISCLI_AUTH={shlex.quote(env['password'])} {script}")
+        assert result.rc == 0, result.stderr
+        outcome = json.loads(result.stdout.strip().splitlines()[-1])
+        assert outcome["done"] == ["cache", "sessions", "rate limit", "pub/sub", "locks", "queues"]
+        assert set(outcome["refused"].values()) == {"NOPERM"}, outcome["refused"]
+
+
 def test_monitoring_user_is_read_only(host, env):
     if not env["monitor"]:
         pytest.skip("no monitoring password in this scenario")
@@ -196,10 +257,15 @@ def test_no_password_in_processes_units_or_logs(host, env):
             assert secret not in text, f"a password appears in {place}"
 
 
-def _playbook(*args):
-    """Run the converge playbook again from the controller, as Molecule does."""
-    converge = os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "..", "shared", "converge.yml")
-    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], converge, *args]
+def _playbook(*args, server_only=False):
+    """Run the converge playbook again from the controller, as Molecule does; with server_only, only
+    playbooks/redis.yml (the server role and its rolling plays), for tests of the server's own behaviour:
+    the other plays take half of a converge's time and change nothing those tests look at."""
+    if server_only:
+        playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "redis.yml")
+    else:
+        playbook = os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "..", "shared", "converge.yml")
+    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], playbook, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -228,28 +294,75 @@ def test_runtime_settings_apply_live_and_static_ones_restart(host, env, reconver
         return re.search(r"run_id:(\w+)", admin(host, env, port, "INFO", "server")).group(1)
 
     before = run_id()
-    result = reconverge("-e", "redis_server_maxmemory=1gb", "-e", "redis_server_slowlog_max_len=99")
+    result = reconverge("-e", "redis_server_maxmemory=1gb", "-e", "redis_server_slowlog_max_len=99", server_only=True)
     assert result.returncode == 0, result.stdout[-3000:]
     assert admin(host, env, port, "CONFIG", "GET", "maxmemory").splitlines()[-1] == str(1024**3)
     assert admin(host, env, port, "CONFIG", "GET", "slowlog-max-len").splitlines()[-1] == "99"
     assert run_id() == before, "a runtime-changeable setting restarted the instance"
-    result = reconverge("-e", "redis_server_tcp_backlog=400")
+    result = reconverge("-e", "redis_server_tcp_backlog=400", server_only=True)
     assert result.returncode == 0, result.stdout[-3000:]
     assert admin(host, env, port, "CONFIG", "GET", "tcp-backlog").splitlines()[-1] == "400"
     assert run_id() != before, "tcp-backlog changed without a restart"
-    result = reconverge()
+    result = reconverge(server_only=True)
     assert result.returncode == 0, result.stdout[-3000:]
     assert admin(host, env, port, "CONFIG", "GET", "tcp-backlog").splitlines()[-1] == "511"
 
 
+def test_apply_converges_on_what_the_instance_runs(host, env, reconverge):
+    """Convergent apply and the phase tags, on the production scenario (one host, standalone): a CONFIG SET
+    by hand is reverted and a CONFIG REWRITE by hand restarts nothing; a run cut off between the file
+    and CONFIG SET (only the configure phase ran) is applied by the next run of the service phase alone."""
+    if os.environ.get("MOLECULE_SCENARIO_NAME") != "production":
+        pytest.skip("runs in the production scenario")
+    port = env["instances"][0]["port"]
+    conf = f"{env['conf_dir']}/{env['engine']}-{env['instances'][0]['name']}.conf"
+
+    def run_id():
+        return re.search(r"run_id:(\w+)", admin(host, env, port, "INFO", "server")).group(1)
+
+    def live(directive):
+        return admin(host, env, port, "CONFIG", "GET", directive).splitlines()[-1]
+
+    before, managed = run_id(), host.file(conf).content_string
+    for extra, expected in ((["-e", "redis_server_maxmemory=1gb", "-e", "redis_server_password=" + "p" * 40],
+                             "main would take: CONFIG SET maxmemory; ACL users default"),
+                            (["-e", "redis_server_tcp_backlog=400"], "main would take: restart (tcp-backlog)")):
+        preview = reconverge("--check", *extra, server_only=True)
+        said = " ".join((preview.stdout + preview.stderr).split())
+        assert preview.returncode == 0, said[-3000:]
+        assert expected in said, said[-3000:]
+        assert "p" * 40 not in said and hashlib.sha256(b"p" * 40).hexdigest() not in said, "a secret in the preview"
+    assert host.file(conf).content_string == managed and run_id() == before, "check mode changed something"
+    assert admin(host, env, port, "CONFIG", "SET", "maxmemory", "12345") == "OK"
+    assert admin(host, env, port, "CONFIG", "SET", "slowlog-max-len", "7") == "OK"
+    assert admin(host, env, port, "CONFIG", "REWRITE") == "OK"
+    assert host.file(conf).content_string != managed
+    result = reconverge(server_only=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert (live("maxmemory"), live("slowlog-max-len")) == (str(2 * 1024**3), "256"), "hand-made settings stayed"
+    assert host.file(conf).content_string == managed, "the rewritten file was not put back"
+    assert run_id() == before, "a CONFIG REWRITE by hand caused a restart"
+
+    cut_off = reconverge("--tags", "redis_server_configure", "-e", "redis_server_maxmemory=1gb", server_only=True)
+    assert cut_off.returncode == 0, cut_off.stdout[-3000:]
+    assert "maxmemory 1gb" in host.file(conf).content_string and live("maxmemory") == str(2 * 1024**3)
+    resumed = reconverge("--tags", "redis_server_service", "-e", "redis_server_maxmemory=1gb", server_only=True)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert live("maxmemory") == str(1024**3), "the next run did not apply what the cut-off run wrote"
+    assert run_id() == before
+    result = reconverge(server_only=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert live("maxmemory") == str(2 * 1024**3) and run_id() == before
+
+
 def test_a_restart_that_fails_shows_the_log_and_fails_the_play(host, env, reconverge):
     bad = {"redis_server_config_extra": {"no-such-directive": "yes"}, "redis_server_start_timeout": 8}
-    result = reconverge("-e", json.dumps(bad))
+    result = reconverge("-e", json.dumps(bad), server_only=True)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "does not answer PING" in output
     assert "no-such-directive" in output, "the failure does not show the instance's log"
-    assert reconverge().returncode == 0  # back to the inventory's config
+    assert reconverge(server_only=True).returncode == 0  # back to the inventory's config
     assert admin(host, env, env["instances"][0]["port"], "PING") == "PONG"
 
 
@@ -276,6 +389,66 @@ BAD_INPUT = [
      {"redis_server_profile": "production",
       "redis_server_monitor_password": "CHANGE-ME-generate-with-openssl-rand-base64-32"}),
     ("no admin password", "redis_server_admin_password", {"redis_server_admin_password": ""}),
+    ("a disabled command with a space", "redis_server_disabled_commands",
+     {"redis_server_disabled_commands": ["flushall", "client kill"]}),
+    ("a disabled command with a typo", "redis_server_disabled_commands",
+     {"redis_server_disabled_commands": ["flushall;"]}),
+    ("production with every command allowed", "redis_server_disabled_commands",
+     {"redis_server_profile": "production", "redis_server_disabled_commands": []}),
+    # A string where a list is expected: argument validation lets it through, the template splits it.
+    ("bind as a string", "redis_server_bind", {"redis_server_bind": "0.0.0.0"}),  # noqa: S104
+    ("bind with two addresses in one entry", "redis_server_bind", {"redis_server_bind": ["127.0.0.1 10.0.0.1"]}),
+    ("save as a string", "redis_server_save", {"redis_server_save": "900 1"}),
+    ("disabled commands as a string", "redis_server_disabled_commands", {"redis_server_disabled_commands": "flushall"}),
+    ("maxmemory with an inner space", "redis_server_maxmemory", {"redis_server_maxmemory": "2 gb"}),
+    ("an instance's maxmemory with an inner space", "redis_server_instances[main].maxmemory",
+     {"redis_server_instances": [{"name": "main", "port": 6379, "maxmemory": "512 mb"}]}),
+    ("negative timeout", "redis_server_timeout", {"redis_server_timeout": -5}),
+    ("timeout with a unit", "redis_server_timeout", {"redis_server_timeout": "30s"}),
+    ("negative tcp-keepalive", "redis_server_tcp_keepalive", {"redis_server_tcp_keepalive": -1}),
+    ("negative slow log length", "redis_server_slowlog_max_len", {"redis_server_slowlog_max_len": -10}),
+    ("slow log threshold below -1", "redis_server_slowlog_log_slower_than",
+     {"redis_server_slowlog_log_slower_than": -2}),
+    ("an instance's io-threads zero", "redis_server_instances[main].io_threads",
+     {"redis_server_instances": [{"name": "main", "port": 6379, "io_threads": 0}]}),
+    ("appendonly neither true nor false", "redis_server_appendonly", {"redis_server_appendonly": "sometimes"}),
+    ("negative start timeout", "redis_server_start_timeout", {"redis_server_start_timeout": -1}),
+    ("negative min-replicas", "redis_server_min_replicas_to_write", {"redis_server_min_replicas_to_write": -1}),
+    ("config_extra value a list", "redis_server_config_extra",
+     {"redis_server_config_extra": {"notify-keyspace-events": ["K", "E"]}}),
+    ("config_extra value empty", "redis_server_config_extra", {"redis_server_config_extra": {"hz": ""}}),
+    ("config_extra value null", "redis_server_config_extra", {"redis_server_config_extra": {"hz": None}}),
+    ("config_extra value with a line break", "redis_server_config_extra",
+     {"redis_server_config_extra": {"hz": "10\nprotected-mode no"}}),
+    ("config_extra naming a managed directive in capitals", "redis_server_config_extra",
+     {"redis_server_config_extra": {"MAXMEMORY": "1gb"}}),
+    ("config_extra with an underscore in a name", "redis_server_config_extra",
+     {"redis_server_config_extra": {"lazyfree_lazy_eviction": "yes"}}),
+    ("an instance's extra not a mapping", "redis_server_instances",
+     {"redis_server_instances": [{"name": "main", "port": 6379, "extra": ["hz 10"]}]}),
+    ("an ACL user without rules", "redis_server_acl_users",
+     {"redis_server_acl_users": [{"name": "worker", "password": "worker-password-0123456789abcdef0123456789abcdef"}]}),
+    ("an ACL user with rule syntax in its name", "redis_server_acl_users",
+     {"redis_server_acl_users": [{"name": ">worker", "password": "worker-password-0123456789abcdef0123456789abcdef",
+                                  "rules": "~jobs:* +@list"}]}),
+    ("an ACL user name with a space", "redis_server_acl_users",
+     {"redis_server_acl_users": [{"name": "job worker", "password": "worker-password-0123456789abcdef0123456789abcdef",
+                                  "rules": "+@list"}]}),
+    ("an ACL user's rules as a list", "redis_server_acl_users",
+     {"redis_server_acl_users": [{"name": "worker", "password": "worker-password-0123456789abcdef0123456789abcdef",
+                                  "rules": ["~jobs:*", "+@list"]}]}),
+    ("an admin user name with rule syntax", "redis_server_admin_user", {"redis_server_admin_user": "admin +@all"}),
+    ("an instance on Sentinel's port", "redis_server_instances",
+     {"redis_server_instances": [{"name": "main", "port": 26379}]}),
+    ("an instance on the health checker's port", "redis_server_instances",
+     {"redis_server_instances": [{"name": "main", "port": 9122}]}),
+    ("Sentinel's port moved onto an instance's", "redis_sentinel_port", {"redis_sentinel_port": 6379}),
+    ("maxclients above what the unit can open", "redis_server_maxclients", {"redis_server_maxclients": 4000000000}),
+    ("maxmemory of the instances above the RAM", "redis_server_maxmemory",
+     {"redis_server_instances": [{"name": "main", "port": 6379, "maxmemory": "4096gb"},
+                                 {"name": "cache", "port": 6380, "maxmemory": "4096gb"}]}),
+    ("a command renamed to a name with a space", "redis_server_rename_commands",
+     {"redis_server_rename_commands": {"FLUSHALL": "no flush"}}),
 ]
 DEBIAN12_ONLY = [("engine the distribution does not ship", "redis_server_engine", {"redis_server_engine": "valkey"})]
 
