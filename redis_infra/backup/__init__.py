@@ -19,8 +19,14 @@ from enum import IntEnum
 # `+hello +auth` let clients connect with RESP3/HELLO or AUTH. No `+config|set`: the tool never changes
 # the server's config (the AOF copy stays consistent through open file descriptors, see source.py), and
 # a user with CONFIG SET could evict every key (maxmemory 1), set requirepass or turn persistence off.
-REQUIRED_ACL_COMMANDS = ("ping", "info", "bgsave", "lastsave", "config|get", "hello", "auth")
+# No `+config|get` either: it reads every setting, masterauth and the TLS key passphrase included. The
+# config file names the paths (data_dir, dbfilename, appenddirname, appendfilename; the role writes
+# them); only a config that leaves one out needs `+config|get` (CONFIG_GET_ACL) to ask the server.
+REQUIRED_ACL_COMMANDS = ("ping", "info", "bgsave", "lastsave", "hello", "auth")
 REQUIRED_ACL = " ".join(f"+{command}" for command in REQUIRED_ACL_COMMANDS)
+CONFIG_GET_ACL = "+config|get"
+# The config keys that spare the backup user CONFIG GET.
+PATH_KEYS = ("data_dir", "dbfilename", "appenddirname", "appendfilename")
 
 
 class ExitCode(IntEnum):
@@ -51,4 +57,4 @@ class BackupError(Exception):
         return self.message
 
 
-__all__ = ["REQUIRED_ACL", "REQUIRED_ACL_COMMANDS", "BackupError", "ExitCode"]
+__all__ = ["CONFIG_GET_ACL", "PATH_KEYS", "REQUIRED_ACL", "REQUIRED_ACL_COMMANDS", "BackupError", "ExitCode"]

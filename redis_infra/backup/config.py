@@ -66,6 +66,8 @@ class BackupConfig:
     lock_file: str
     data_dir: str | None = None
     dbfilename: str | None = None
+    appenddirname: str | None = None   # None: asked with CONFIG GET (the backup user then needs +config|get)
+    appendfilename: str | None = None
     aof: str = "auto"              # "auto": copy the AOF directory when the server has appendonly yes; "off"
     space_check: bool = True       # refuse to start without room for the worst case (2x RDB + 2x AOF)
     compression_level: int = 6
@@ -93,7 +95,8 @@ class BackupConfig:
 
 
 _TOP = {"instance", "connection_file", "backup_dir", "status_file", "lock_file", "data_dir", "dbfilename",
-        "aof", "space_check", "backup_group", "retention", "compression", "tools", "timeouts", "offsite"}
+        "appenddirname", "appendfilename", "aof", "space_check", "backup_group", "retention", "compression",
+        "tools", "timeouts", "offsite"}
 # Only root can create this directory (the tool does, mode 0700): a lock in a world-writable
 # directory such as /run/lock could be pre-created by any local user to stop every backup and restore.
 LOCK_DIR = "/run/redis-infra-backup"
@@ -173,9 +176,10 @@ def parse(text: str, source: str = "<string>") -> BackupConfig:
     lock_file = reader.string(data, "lock_file", "lock_file", path=True,
                               default=f"{LOCK_DIR}/{instance}.lock")
     data_dir = reader.string(data, "data_dir", "data_dir", path=True)
-    dbfilename = reader.string(data, "dbfilename", "dbfilename")
-    if dbfilename is not None and ("/" in dbfilename or dbfilename in (".", "..")):
-        raise reader.fail("dbfilename", f"must be a file name without '/', got {dbfilename!r}")
+    names = {key: reader.string(data, key, key) for key in ("dbfilename", "appenddirname", "appendfilename")}
+    for key, name in names.items():
+        if name is not None and ("/" in name or name in ("", ".", "..")):
+            raise reader.fail(key, f"must be a file name without '/', got {name!r}")
     backup_group = data.get("backup_group")
     if backup_group is not None and (isinstance(backup_group, bool) or not (
             (isinstance(backup_group, str) and backup_group) or (isinstance(backup_group, int) and backup_group >= 0))):
@@ -238,7 +242,8 @@ def parse(text: str, source: str = "<string>") -> BackupConfig:
 
     return BackupConfig(
         source=source, instance=instance, connection_file=connection_file, backup_dir=backup_dir,
-        status_file=status_file, lock_file=lock_file, data_dir=data_dir, dbfilename=dbfilename, aof=aof,
+        status_file=status_file, lock_file=lock_file, data_dir=data_dir, dbfilename=names["dbfilename"],
+        appenddirname=names["appenddirname"], appendfilename=names["appendfilename"], aof=aof,
         space_check=space_check, backup_group=backup_group,
         compression_level=level, check_rdb=check_rdb, check_aof=check_aof, retention=retention,
         timeouts=timeouts, offsite=offsite)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from .. import connection
-from . import BackupError, ExitCode, retention, storage
+from . import CONFIG_GET_ACL, BackupError, ExitCode, retention, storage
 from .config import BackupConfig, ConfigError
 from .lock import RunLock
 from .offsite import copy_offsite
@@ -116,7 +116,13 @@ def report_stale_marker(cfg: BackupConfig, session) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         log.warning("cannot read %s: %s", marker, getattr(exc, "strerror", None) or exc)
         return
-    current = session.config_get("auto-aof-rewrite-percentage")
+    allowed, current = session.config_get_if_allowed("auto-aof-rewrite-percentage")
+    if not allowed:
+        log.warning("an earlier version of this tool left %s: it may have left auto-aof-rewrite-percentage at 0 "
+                    "(it was %s), and the backup user may not read it (no %s); an admin should check it with "
+                    "CONFIG GET auto-aof-rewrite-percentage and then remove %s", marker, saved, CONFIG_GET_ACL,
+                    marker)
+        return
     if current == "0" and saved.isdigit() and saved != "0":
         log.warning("an earlier version of this tool was stopped during an AOF copy and left "
                     "auto-aof-rewrite-percentage at 0 (it was %s): automatic AOF rewrites stay off until an "
@@ -229,7 +235,7 @@ def _run_locked(cfg: BackupConfig, clock: Clock, started: datetime, status: dict
     try:
         session.ping()
         report_stale_marker(cfg, session)
-        facts = session.facts(cfg.data_dir, cfg.dbfilename)
+        facts = session.facts(cfg)
         with_aof = facts.aof_enabled and cfg.aof == "auto"
         check_aof = cfg.tool("aof") if with_aof else None
         log.info("instance %s: %s %s at %s, %d keys, data %s/%s, AOF %s", cfg.instance, facts.server_name,

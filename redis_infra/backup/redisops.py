@@ -13,9 +13,17 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from . import REQUIRED_ACL, BackupError, ExitCode
+from . import CONFIG_GET_ACL, REQUIRED_ACL, BackupError, ExitCode
 
 log = logging.getLogger("redis_infra.backup")
+
+
+def _is_noperm(exc: Exception) -> bool:
+    import redis
+
+    text = str(exc)
+    return isinstance(exc, redis.exceptions.NoPermissionError) or text.startswith("NOPERM") or \
+        "no permissions" in text
 
 
 def _redis_error(exc: Exception, where: str, address: str, username: str | None) -> BackupError:
@@ -27,10 +35,10 @@ def _redis_error(exc: Exception, where: str, address: str, username: str | None)
             "invalid username-password" in text or "NOAUTH" in text:
         return BackupError(ExitCode.REDIS, f"Redis at {address} refused authentication for user '{user}': {text} "
                                            f"(check the password in the connection file)")
-    if isinstance(exc, redis.exceptions.NoPermissionError) or text.startswith("NOPERM") or \
-            "no permissions" in text:
+    if _is_noperm(exc):
         return BackupError(ExitCode.REDIS, f"ACL user '{user}' may not {where} on {address}: {text} "
-                                           f"(the backup user needs: {REQUIRED_ACL})")
+                                           f"(the backup user needs: {REQUIRED_ACL}; and {CONFIG_GET_ACL} "
+                                           f"when the tool's config leaves out a path)")
     if isinstance(exc, redis.exceptions.TimeoutError):
         return BackupError(ExitCode.REDIS, f"Redis at {address} timed out during {where}: {text}")
     if isinstance(exc, redis.exceptions.ConnectionError):
@@ -85,9 +93,31 @@ class RedisSession:
     def info(self, section: str) -> dict:
         return self.call(f"run INFO {section}", self.client.info, section)
 
-    def config_get(self, name: str) -> str | None:
-        value = self.call(f"run CONFIG GET {name}", self.client.config_get, name)
+    def config_get(self, name: str, key: str | None = None) -> str | None:
+        """CONFIG GET name; refused for lack of +config|get, the error names the config key that spares it."""
+        import redis
+
+        try:
+            value = self.client.config_get(name)
+        except redis.exceptions.RedisError as exc:
+            error = _redis_error(exc, f"run CONFIG GET {name}", self.address, self.settings.username)
+            if key and _is_noperm(exc):
+                error = BackupError(error.code, f"{error} Set {key} in the tool's config (the role writes it), "
+                                                f"or give the user {CONFIG_GET_ACL}.")
+            raise error from None
         return value.get(name) if isinstance(value, dict) else None
+
+    def config_get_if_allowed(self, name: str) -> tuple[bool, str | None]:
+        """(False, None) when the user may not CONFIG GET, else (True, value)."""
+        import redis
+
+        try:
+            value = self.client.config_get(name)
+        except redis.exceptions.RedisError as exc:
+            if _is_noperm(exc):
+                return False, None
+            raise _redis_error(exc, f"run CONFIG GET {name}", self.address, self.settings.username) from None
+        return True, value.get(name) if isinstance(value, dict) else None
 
     def lastsave(self) -> int:
         value = self.call("run LASTSAVE", self.client.execute_command, "LASTSAVE")
@@ -104,7 +134,8 @@ class RedisSession:
     def ping(self) -> None:
         self.call("run PING", self.client.ping)
 
-    def facts(self, data_dir: str | None, dbfilename: str | None) -> ServerFacts:
+    def facts(self, cfg) -> ServerFacts:
+        """What a backup needs to know; the paths from the config, CONFIG GET only for those it leaves out."""
         server = self.info("server")
         persistence = self.info("persistence")
         keyspace = self.info("keyspace")
@@ -112,12 +143,21 @@ class RedisSession:
         for name, value in keyspace.items():
             if name.startswith("db") and isinstance(value, dict):
                 keys += int(value.get("keys", 0))
+        aof_enabled = bool(int(persistence.get("aof_enabled", 0)))
+
+        def path(key: str, directive: str, default: str | None = None) -> str | None:
+            configured = getattr(cfg, key)
+            if configured is not None:
+                return configured
+            return self.config_get(directive, key) or default
+
         return ServerFacts(
-            data_dir=data_dir or self.config_get("dir") or "",
-            dbfilename=dbfilename or self.config_get("dbfilename") or "dump.rdb",
-            aof_enabled=bool(int(persistence.get("aof_enabled", 0))),
-            appenddirname=self.config_get("appenddirname"),
-            appendfilename=self.config_get("appendfilename") or "appendonly.aof",
+            data_dir=path("data_dir", "dir", ""),
+            dbfilename=path("dbfilename", "dbfilename", "dump.rdb"),
+            aof_enabled=aof_enabled,
+            appenddirname=path("appenddirname", "appenddirname") if aof_enabled else None,
+            appendfilename=(path("appendfilename", "appendfilename", "appendonly.aof") if aof_enabled
+                            else "appendonly.aof"),
             keys=keys,
             version=str(server.get("valkey_version") or server.get("redis_version", "?")),
             server_name=str(server.get("server_name") or "redis"))

@@ -53,7 +53,20 @@ class BackupEnv:
     def admin(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.server.port, decode_responses=True)
 
-    def write_config(self, text_extra: str = "", **top) -> Path:
+    def server_paths(self) -> dict:
+        """What the role writes into the tool's config: the server's paths, read from its config file."""
+        found = {"dir": "", "dbfilename": "dump.rdb", "appenddirname": "appendonlydir",
+                 "appendfilename": "appendonly.aof"}
+        for line in self.server.config.read_text().splitlines():
+            key, _, value = line.strip().partition(" ")
+            if key in found:
+                found[key] = value.strip().strip('"')
+        return {"data_dir": found.pop("dir"), **found}
+
+    def write_config(self, text_extra: str = "", paths: bool = True, **top) -> Path:
+        """The tool's config; with paths (as the role writes it) the backup user needs no CONFIG GET."""
+        if paths:
+            top = {**self.server_paths(), **top}
         lines = [
             'instance = "main"',
             f'connection_file = "{self.connection_file}"',

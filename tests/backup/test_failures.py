@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from redis_infra.backup import REQUIRED_ACL, REQUIRED_ACL_COMMANDS
+from redis_infra.backup import CONFIG_GET_ACL, PATH_KEYS, REQUIRED_ACL, REQUIRED_ACL_COMMANDS
 
 from .conftest import REPO, free_port, remount_ro, snapshot_files, tmpfs
 
@@ -53,7 +53,7 @@ def test_wrong_password(make_env):
     _assert_failed_cleanly(env, result, 3, before, "refused authentication for user 'backup'")
 
 
-@pytest.mark.parametrize("missing", ["ping", "info", "bgsave", "lastsave", "config|get"])
+@pytest.mark.parametrize("missing", ["ping", "info", "bgsave", "lastsave"])
 def test_missing_acl_permission_is_named(make_env, missing):
     """A user without one of the rules on an AOF instance: exit 3, the message names the rules needed."""
     rules = " ".join(f"+{command}" for command in REQUIRED_ACL_COMMANDS if command != missing)
@@ -64,6 +64,23 @@ def test_missing_acl_permission_is_named(make_env, missing):
     status = _assert_failed_cleanly(env, result, 3, before, "ACL user 'weak' may not", REQUIRED_ACL)
     assert status["file"] is None
     assert env.admin.config_get("auto-aof-rewrite-percentage")["auto-aof-rewrite-percentage"] == "100"
+
+
+@pytest.mark.parametrize("left_out", PATH_KEYS)
+def test_a_path_left_out_of_the_config_needs_config_get(make_env, left_out):
+    """Without a path in its config the tool asks CONFIG GET: refused, the message names the key to set."""
+    env = make_env("appendonly yes\n")
+    before = _prepare_with_one_backup(env)
+    paths = env.server_paths()
+    paths.pop(left_out)
+    env.write_config(paths=False, **paths)
+    result = env.cli("run")
+    status = _assert_failed_cleanly(env, result, 3, before, "may not run CONFIG GET", f"Set {left_out} in the")
+    assert CONFIG_GET_ACL in result.stderr and status["file"] is None
+    # A user with +config|get (the tool used without the role) backs up from that config.
+    env.admin.execute_command("ACL", "SETUSER", "backup", CONFIG_GET_ACL)
+    result = env.cli("run")
+    assert result.code == 0, result.stderr
 
 
 def test_backup_dir_missing(make_env):

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
 
+from redis_infra.backup import PATH_KEYS
 from redis_infra.backup import config as config_module
 
 from .conftest import REPO
@@ -44,3 +46,9 @@ def test_role_template_loads_in_the_tool_with_the_group(tmp_path):
     assert cfg.backup_group == "backupreaders"
     assert cfg.data_dir == "/var/lib/redis/main" and cfg.aof == "auto"
     assert cfg.lock_file == "/run/redis-infra-backup/main.lock"
+    # The paths the backup user would otherwise need CONFIG GET for, as the one config template sets them.
+    template = (REPO / "files/redis.conf.j2").read_text()
+    for key in PATH_KEYS[1:]:
+        line = re.search(rf"^{key} (.+)$", template, re.MULTILINE)
+        assert line, f"files/redis.conf.j2 sets no {key}"
+        assert getattr(cfg, key) == line.group(1).strip('"'), key
