@@ -32,6 +32,8 @@ def test_role_templates_load_in_the_checker(tmp_path):
         "__redis_health_hashes": {"prometheus": hashed},
         "__redis_server_instances": [{"name": "main"}], "redis_server_connection_dir": "/etc/redis-infra/connections",
         "redis_server_monitor_user": "monitor",
+        "redis_server_primary_group": "redis_primary",
+        "__redis_server_replication": {"enabled": True, "hosts": ["redis-1", "redis-2", "redis-3"]},
     }
     playbook = tmp_path / "render.yml"
     templates = REPO / "roles/redis_health/templates"
@@ -51,6 +53,8 @@ def test_role_templates_load_in_the_checker(tmp_path):
     config = load_config(str(tmp_path / "health.toml"))
     assert config.listen_addresses == ("127.0.0.1", "10.0.0.5")
     assert config.web_config_file == "/etc/redis-infra/health-web.yml"
+    # The group every host of it reports, so that the no-primary and split-brain alerts can fire.
+    assert [(i.replication_group, i.expected_replicas) for i in config.instances] == [("redis_primary.main", 2)]
     import yaml
 
     from redis_infra.health.web import parse_web_config

@@ -169,6 +169,27 @@ def test_summary_lists_primary_replicas_and_sentinels(hosts, addresses):
     assert sorted(summary[NAME]["sentinels"]) == sorted(f"{addresses[n]}:{SENTINEL_PORT}" for n in SENTINELS)
 
 
+
+def _instance_info(host):
+    """The redis_instance_info line of the host's health checker (from inside the container), or ''."""
+    script = ("import urllib.request\n"
+              "print(urllib.request.urlopen('http://127.0.0.1:9122/metrics', timeout=5).read().decode())")
+    result = host.run(f"python3 -c {shlex.quote(script)}")
+    return next((line for line in result.stdout.splitlines() if line.startswith("redis_instance_info{")), "")
+
+
+def test_health_checkers_label_the_replication_group_with_one_primary(hosts):
+    """Every checker labels the instance with the same replication group, so that the no-primary and
+    split-brain alerts (files/prometheus/redis-alerts.yml) can count the group's primaries."""
+    lines = {}
+    for _ in deadline(60):
+        lines = {name: _instance_info(host) for name, host in hosts.items()}
+        if all(f'replication_group="redis_primary.{NAME}"' in line for line in lines.values()):
+            break
+    else:
+        pytest.fail(f"a checker does not label the replication group: {lines}")
+    assert sum('role="master"' in line for line in lines.values()) == 1, lines
+
 def _playbook(path, *args, timeout=900):
     command = ["ansible-playbook", "-i", INVENTORY, str(path), *args]
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
