@@ -170,3 +170,20 @@ def test_io_threads_auto_is_off_below_four_vcpus(tmp_path):
     instance = json.loads((rendered / "instances.json").read_text())[0]
     vcpus = os.cpu_count() or 1
     assert instance["io_threads"] == (1 if vcpus < 4 else min(vcpus * 3 // 4, 8))
+
+
+def test_start_hook_config_names_every_sentinel_and_the_include_file(tmp_path):
+    """roles/redis_server/templates/follow.toml.j2 gives redis-infra-follow a config it accepts."""
+    from redis_infra import follow
+
+    case = dict(CASES["production-valkey-two-instances"], redis_server_sentinel_group="all",
+                redis_sentinel_port=26380, redis_sentinel_password="sentinel-client-password-0123456789")
+    rendered = render(tmp_path, case)
+    instances = json.loads((rendered / "instances.json").read_text())
+    for instance in instances:
+        config = follow.parse((rendered / f"{instance['name']}-follow.toml").read_text(), instance["name"])
+        assert (config.name, config.port, config.group) == (instance["name"], instance["port"], "valkey")
+        assert config.include_file == instance["replicaof_file"] == f"/etc/valkey/replicaof-{instance['name']}.conf"
+        assert instance["follow_file"] == f"/etc/redis-infra/follow/{instance['name']}.toml"
+        assert [(s.port, s.password) for s in config.sentinels] == [(26380, "sentinel-client-password-0123456789")]
+        assert config.wait == 5.0

@@ -16,6 +16,7 @@ from redis_topology import (  # noqa: E402
     redis_server_in_sync,
     redis_server_not_in_sync,
     redis_server_replicaof,
+    redis_server_sentinel_address,
     redis_server_topology,
     redis_server_topology_conflicts,
 )
@@ -213,3 +214,12 @@ def test_hosts_whose_address_needs_their_facts():
         {"inventory_hostname": "gathered", "ansible_facts": {"default_ipv4": {"address": "10.0.0.3"}}},
         {"inventory_hostname": "unknown", "ansible_host": "10.0.0.4"},
     ]) == ["unknown"]
+
+
+def test_the_start_hook_reaches_each_sentinel_where_it_listens():
+    facts = {"ansible_facts": {"default_ipv4": {"address": "10.0.0.7"}}, "inventory_hostname": "s1"}
+    assert redis_server_sentinel_address(facts) == "10.0.0.7"
+    assert redis_server_sentinel_address(dict(facts, redis_sentinel_bind=["127.0.0.1", "192.168.5.7"])) == "192.168.5.7"
+    assert redis_server_sentinel_address(dict(facts, redis_sentinel_bind=["127.0.0.1"])) == "10.0.0.7"
+    assert redis_server_sentinel_address({"ansible_host": "s1.example", "inventory_hostname": "s1"}) == "s1.example"
+    assert redis_server_sentinel_address({"inventory_hostname": "s1"}) == "s1"

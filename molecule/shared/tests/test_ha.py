@@ -536,12 +536,18 @@ def test_ha_writes_a_replica_acknowledged_survive_a_failover(hosts, addresses):
     assert lost == [], f"{len(lost)} writes a replica had acknowledged were lost in the failover"
 
 
-def test_ha_replica_restarted_outside_ansible_never_takes_writes(hosts):
-    """A replica restarted by hand (or a crash, a reboot) comes back a master without replicas: it must
-    refuse writes (min-replicas-to-write) until Sentinel makes it a replica of the primary again."""
+def test_ha_replica_restarted_outside_ansible_never_takes_writes(hosts, addresses):
+    """A replica restarted by hand (or a crash, a reboot) asks the Sentinels before it starts
+    (redis-infra-follow) and comes back a replica of the current primary from its first moment; it
+    never takes a write (min-replicas-to-write would refuse them too)."""
     primary = current_primary(hosts)
     name = sorted(n for n in hosts if n != primary)[0]
-    assert hosts[name].run("systemctl restart redis-server@main.service").rc == 0
+    unit = "redis-server@main.service"
+    assert hosts[name].run(f"systemctl restart {unit}").rc == 0
+    # systemctl returns once the server is ready (Type=notify): its first answer is already a replica's.
+    first = cli(hosts[name], "ROLE").splitlines()
+    assert first[:3] == ["slave", addresses[primary], str(PORT)], f"{name} came back as {first}"
+    assert f"starts as replica of {addresses[primary]}:{PORT}" in journal(hosts[name], unit)
     accepted = []
     for _ in deadline(60):
         reply = app(hosts[name], "SET", "verify:restarted-replica", "x")
@@ -553,12 +559,25 @@ def test_ha_replica_restarted_outside_ansible_never_takes_writes(hosts):
         pytest.fail(f"{name} did not become a replica again: {info(hosts[name])}")
     assert not accepted, f"{name} accepted writes as a master after its restart"
     assert current_primary(hosts) == primary
+    # A crash: systemd starts it again by itself (Restart=always), through the hook as well.
+    pid = hosts[name].check_output(f"systemctl show -p MainPID --value {unit}")
+    assert hosts[name].run(f"kill -9 {pid}").rc == 0
+    for _ in deadline(30):
+        now = hosts[name].run(f"systemctl show -p MainPID --value {unit}").stdout.strip()
+        if now not in ("0", pid) and cli(hosts[name], "PING") == "PONG":
+            break
+    else:
+        pytest.fail(f"systemd did not restart {name}'s instance: {journal(hosts[name], unit)}")
+    after_crash = cli(hosts[name], "ROLE").splitlines()
+    assert after_crash[:3] == ["slave", addresses[primary], str(PORT)], f"{name} came back as {after_crash}"
+    assert app(hosts[name], "SET", "verify:crashed-replica", "x").startswith("READONLY")
+    assert current_primary(hosts) == primary
 
 
 def test_ha_full_restart_of_every_host_converges_to_one_primary_with_the_data(hosts):
-    """Every Redis and Sentinel restarted at once (as after a power cut): the instances come back as
-    masters (Sentinel mode writes no replicaof) and the Sentinels remember the primary; a converge
-    settles on it and the data is on every host."""
+    """Every Redis and Sentinel restarted at once (as after a power cut): the Sentinels remember the
+    primary and each instance's start hook asks them (or keeps the primary of its last start); a
+    converge settles on that primary and the data is on every host."""
     primary = current_primary(hosts)
     assert app(hosts[primary], "SET", "verify:full-restart", "kept") == "OK"
     assert cli(hosts[primary], "WAIT", 2, 5000) == "2"

@@ -46,6 +46,9 @@ def redis_server_instances(instances, settings, engine, context):
             conf=engine["conf"].format(name=name),
             acl_file=f"{engine['conf_dir']}/users-{name}.acl",
             masterauth_file=f"{engine['conf_dir']}/masterauth-{name}.conf",
+            # Sentinel mode: the primary to follow at start (written by redis-infra-follow) and its config.
+            replicaof_file=f"{engine['conf_dir']}/replicaof-{name}.conf",
+            follow_file=f"{context['follow_dir']}/{name}.toml",
             dir=f"{engine['data_root']}/{name}",
             log_file=engine["log_file"].format(name=name),
             run_dir=run_dir,

@@ -231,6 +231,21 @@ def redis_server_follows(role_reply, replicaof):
     return str(role_reply[1]) == address and int(role_reply[2]) == int(port)
 
 
+def redis_server_sentinel_address(host_vars):
+    """The address other hosts reach a Sentinel host's Sentinel at: its first non-loopback
+    redis_sentinel_bind entry when set, else the host's default IPv4 address (the redis_sentinel role
+    listens there), else its ansible_host or name."""
+    bind = host_vars.get("redis_sentinel_bind")
+    if isinstance(bind, list):
+        routable = [str(address).lstrip("-") for address in bind
+                    if not str(address).lstrip("-").startswith("127.") and str(address).lstrip("-") != "::1"]
+        if routable:
+            return routable[0]
+    facts = host_vars.get("ansible_facts") or {}
+    return str((facts.get("default_ipv4") or {}).get("address") or host_vars.get("ansible_host")
+               or host_vars.get("inventory_hostname"))
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -242,4 +257,5 @@ class FilterModule:
             "redis_server_replicaof": redis_server_replicaof,
             "redis_server_unaddressed": redis_server_unaddressed,
             "redis_server_follows": redis_server_follows,
+            "redis_server_sentinel_address": redis_server_sentinel_address,
         }
