@@ -86,16 +86,24 @@ def parse(text: str, source: str = "<string>") -> ConnectionSettings:
     return ConnectionSettings(**data)
 
 
-def load(path: str) -> ConnectionSettings:
-    """Read a connection file. A file holding a password must not be readable by others."""
+def read_private(path: str, error: type[Exception] = ConnectionFileError,
+                 what: str = "connection file") -> tuple[str, int]:
+    """The text and mode of a small file that may hold a secret, read through one descriptor (so the
+    mode is the file's that was read); `error` names the path and the cause when it cannot be read."""
     try:
         with open(path, "rb") as handle:
             mode = os.fstat(handle.fileno()).st_mode
             text = handle.read().decode("utf-8")
     except OSError as exc:
-        raise ConnectionFileError(f"{path}: cannot read connection file: {exc.strerror}") from None
+        raise error(f"{path}: cannot read {what}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise ConnectionFileError(f"{path}: not UTF-8 text") from None
+        raise error(f"{path}: not UTF-8 text") from None
+    return text, mode
+
+
+def load(path: str) -> ConnectionSettings:
+    """Read a connection file. A file holding a password must not be readable by others."""
+    text, mode = read_private(path)
     settings = parse(text, path)
     if settings.password and mode & stat.S_IROTH:
         raise ConnectionFileError(f"{path}: holds a password but is world-readable; chmod 0600 or 0640")

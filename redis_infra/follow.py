@@ -47,6 +47,8 @@ import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .connection import read_private
+
 HEADER = ("# Managed by redis-infra: the primary this instance follows when it starts. Written by\n"
           "# redis-infra-follow from the Sentinels' majority before each start; no replicaof: the primary.\n")
 
@@ -158,14 +160,7 @@ def parse(text: str, source: str = "<string>") -> FollowConfig:
 
 def load(path: str) -> FollowConfig:
     """Read the config file; it holds the Sentinels' password, so nobody but its owner may read it."""
-    try:
-        with open(path, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            text = handle.read().decode("utf-8")
-    except OSError as exc:
-        raise FollowConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise FollowConfigError(f"{path}: not UTF-8 text") from None
+    text, mode = read_private(path, FollowConfigError, "the follow config")
     config = parse(text, path)
     if any(s.password for s in config.sentinels) and mode & (stat.S_IRGRP | stat.S_IROTH):
         raise FollowConfigError(f"{path}: holds a password but others can read it; chmod 0600")

@@ -171,6 +171,8 @@ def test_without_a_majority_the_file_is_kept_and_the_journal_says_why(group, tmp
 
 def test_a_config_readable_by_others_or_an_unwritable_include_stops_the_start(group, tmp_path):
     _, replica, sentinel_ports = group
+    missing = _run(tmp_path / "no-such.toml")
+    assert missing.returncode == 2 and "cannot read the follow config: No such file" in missing.stderr, missing.stderr
     config = _config(tmp_path, replica.port, sentinel_ports)
     config.chmod(0o644)
     result = _run(config)
