@@ -372,6 +372,79 @@ def test_limit_run_on_the_new_primary_keeps_it_with_its_own_sentinel_down(hosts,
         hosts[primary].run("systemctl start redis-sentinel.service")
 
 
+def _offset(host):
+    return int(info(host)["master_repl_offset"])
+
+
+def _tie(hosts, addresses, first, second):
+    """Leave the primary `first` and its replica `second` masters without replicas holding the same
+    replication offset: `second` is detached once it has caught up, between two of the primary's
+    replication pings (retried if one slips in between)."""
+    for _ in range(5):
+        cli(hosts[second], "REPLICAOF", addresses[first], PORT)
+        for _ in deadline(30):
+            state = info(hosts[second])
+            if state.get("master_link_status") == "up" and _offset(hosts[second]) == _offset(hosts[first]):
+                break
+        cli(hosts[second], "REPLICAOF", "NO", "ONE")
+        if _offset(hosts[second]) == _offset(hosts[first]):
+            return
+    pytest.fail(f"could not give {first} and {second} the same offset")
+
+
+def test_ha_masters_that_tie_fail_closed_and_the_newest_data_wins(hosts, addresses):
+    """Every Sentinel down and every instance a master without replicas (as after a split): when the two
+    with the newest data tie and the inventory's primary is not one of them, the converge refuses to
+    choose, prints the evidence and changes nothing; once one holds newer data, it becomes the primary,
+    whatever the inventory says."""
+    inventory = RUNNER.get_hosts("redis_primary")[0]
+    primary = current_primary(hosts)
+    assert primary != inventory, "the failover test should have moved the primary"
+    other = next(name for name in hosts if name not in (primary, inventory))
+    redis_yml = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "redis.yml")
+    # The Sentinels would undo the split; the health checkers write on masters (SET/DEL), which moves
+    # their offsets apart.
+    for host in hosts.values():
+        assert host.run("systemctl stop redis-sentinel.service redis-health.service").rc == 0
+    try:
+        # The inventory's primary leaves first, so the write after it puts the other two ahead.
+        assert cli(hosts[inventory], "REPLICAOF", "NO", "ONE") == "OK"
+        assert app(hosts[primary], "SET", "verify:tie", "same") == "OK"
+        _tie(hosts, addresses, primary, other)
+        assert _offset(hosts[primary]) == _offset(hosts[other]) > _offset(hosts[inventory])
+        # A setting changed by hand, which a refused run must leave as it is.
+        assert cli(hosts[other], "CONFIG", "SET", "min-replicas-to-write", "0") == "OK"
+        refused = _playbook(redis_yml)
+        said = " ".join((refused.stdout + refused.stderr).split())
+        assert refused.returncode != 0, said[-3000:]
+        evidence = f"{', '.join(sorted([addresses[primary], addresses[other]]))} are masters without replicas"
+        assert evidence in said and "nothing was changed" in said, said[-3000:]
+        assert set(roles(hosts).values()) == {"master"}, roles(hosts)
+        assert cli(hosts[other], "CONFIG", "GET", "min-replicas-to-write").splitlines()[-1] == "0", \
+            "the refused run changed a setting"
+        # Newer data on the Sentinels' last primary (writable by hand: it has no replica): it wins, and
+        # the inventory's primary follows it.
+        assert cli(hosts[primary], "CONFIG", "SET", "min-replicas-to-write", "0") == "OK"
+        assert cli(hosts[primary], "SET", "verify:newest", primary) == "OK"
+        result = _playbook(redis_yml)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        assert _healed(hosts) == primary
+        for name, host in hosts.items():
+            for _ in deadline(10):
+                if app(host, "GET", "verify:newest") == primary:
+                    break
+            assert app(host, "GET", "verify:newest") == primary, name
+            assert cli(host, "CONFIG", "GET", "min-replicas-to-write").splitlines()[-1] == "1", name
+    finally:
+        for host in hosts.values():
+            host.run("systemctl start redis-sentinel.service redis-health.service")
+    # The Sentinels come back to the primary they knew, with its replicas.
+    for _ in deadline(30):
+        if all(_sentinel_primary(host) == addresses[primary] for host in hosts.values()):
+            break
+    assert current_primary(hosts) == primary
+
+
 def _uptimes(hosts):
     return {name: (time.monotonic(), int(info(host, "server")["uptime_in_seconds"])) for name, host in hosts.items()}
 
