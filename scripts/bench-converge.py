@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""No-op converge cost on the lab (make lab first): remote executions per host and wall time.
+
+Every module Ansible runs on a container is one `docker exec` (the docker connection, pipelining on),
+so the engine's exec_start events during a run are the exact number of round trips to each host; the
+count is stable where wall times are not. Wall times are reported with a baseline taken in the same
+run: `ansible -m ping` on the same hosts (one execution each), so the figure reads as a multiple of
+one round trip on this machine at this moment.
+
+    .venv/bin/python scripts/bench-converge.py [--runs 3] [--project DIR] [playbook ...]
+
+Playbooks default to site.yml and playbooks/redis.yml, run from --project (default: this checkout),
+so an older checkout (git worktree) can be measured against the same lab. Each playbook is run once
+first so that the measured runs are no-ops; a measured run that changes something is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST_PREFIX = "redis-infra-lab-"
+
+
+def lab_inventory() -> str:
+    found = sorted(Path.home().glob(".ansible/tmp/molecule.*.lab/inventory"))
+    if not found:
+        sys.exit("bench-converge: no lab inventory under ~/.ansible/tmp: run `make lab` first")
+    return str(found[-1])
+
+
+def lab_hosts() -> list[str]:
+    out = subprocess.run(["docker", "ps", "--filter", f"name={HOST_PREFIX}", "--format", "{{.Names}}"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    if not out:
+        sys.exit("bench-converge: no lab container runs: run `make lab` first")
+    return sorted(out)
+
+
+def execs(hosts: list[str], since: float, until: float) -> dict[str, int]:
+    """exec_start events per container between two moments (the engine keeps its recent events)."""
+    command = ["docker", "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}",
+               "--filter", "type=container", "--filter", "event=exec_start", "--format", "{{json .}}"]
+    for host in hosts:
+        command += ["--filter", f"container={host}"]
+    counts = dict.fromkeys(hosts, 0)
+    for line in subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines():
+        name = json.loads(line).get("Actor", {}).get("Attributes", {}).get("name")
+        if name in counts:
+            counts[name] += 1
+    return counts
+
+
+def timed(command: list[str], project: Path, env: dict) -> tuple[float, float, float, str]:
+    start_wall = time.time()
+    start = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=project, env=env, check=False)
+    elapsed = time.monotonic() - start
+    if result.returncode != 0:
+        sys.exit(f"bench-converge: {' '.join(command)} failed:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
+    time.sleep(0.5)  # let the engine record the last events
+    return start_wall, time.time(), elapsed, result.stdout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--project", type=Path, default=ROOT)
+    parser.add_argument("playbooks", nargs="*", default=["site.yml", "playbooks/redis.yml"])
+    args = parser.parse_args()
+    inventory, hosts = lab_inventory(), lab_hosts()
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, ANSIBLE_CONFIG=str(args.project / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")
+    print(f"lab hosts: {', '.join(hosts)}; project: {args.project}")
+    for playbook in args.playbooks:
+        command = [str(bin_dir / "ansible-playbook"), "-i", inventory, playbook]
+        ping = [str(bin_dir / "ansible"), "-i", inventory, "redis", "-m", "ansible.builtin.ping"]
+        timed(command, args.project, env)  # settle: the measured runs are no-ops
+        counts, walls, ratios = [], [], []
+        for _ in range(args.runs):
+            _, _, base, _ = timed(ping, args.project, env)
+            since, until, elapsed, out = timed(command, args.project, env)
+            changed = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", out, re.MULTILINE)
+            if any(count != "0" for _, count in changed):
+                print(f"  note: a measured run of {playbook} changed something: {changed}")
+            counts.append(execs(hosts, since, until))
+            walls.append(elapsed)
+            ratios.append(elapsed / base)
+        per_host = {host: sorted({c[host] for c in counts}) for host in hosts}
+        print(f"{playbook}: executions per host {per_host}; wall median {statistics.median(walls):.1f} s "
+              f"({', '.join(f'{w:.1f}' for w in walls)}); wall / one ping round {statistics.median(ratios):.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
