@@ -46,29 +46,29 @@ def lab_hosts() -> list[str]:
     return sorted(out)
 
 
-def execs(hosts: list[str], since: float, until: float) -> dict[str, int]:
-    """exec_start events per container between two moments (the engine keeps its recent events)."""
+def timed(command: list[str], project: Path, env: dict, hosts: list[str]) -> tuple[dict[str, int], float, str]:
+    """Run a command; the exec_start events per container meanwhile, its wall time and its output.
+
+    The events are read as they happen: the engine keeps only its last 256 events for --since."""
     # The engine names the event "exec_start: <command>", which an event= filter does not match.
-    command = ["docker", "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}",
-               "--filter", "type=container", "--format", "{{json .}}"]
+    events = subprocess.Popen(["docker", "events", "--filter", "type=container", "--format", "{{json .}}"],
+                              stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    start = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=project, env=env, check=False)
+    elapsed = time.monotonic() - start
+    time.sleep(0.5)  # let the engine report the last events
+    events.terminate()
+    lines, _ = events.communicate(timeout=30)
+    if result.returncode != 0:
+        sys.exit(f"bench-converge: {' '.join(command)} failed:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
     counts = dict.fromkeys(hosts, 0)
-    for line in subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines():
+    for line in lines.splitlines():
         event = json.loads(line)
         name = event.get("Actor", {}).get("Attributes", {}).get("name")
         if name in counts and str(event.get("Action", "")).startswith("exec_start"):
             counts[name] += 1
-    return counts
-
-
-def timed(command: list[str], project: Path, env: dict) -> tuple[float, float, float, str]:
-    start_wall = time.time()
-    start = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=project, env=env, check=False)
-    elapsed = time.monotonic() - start
-    if result.returncode != 0:
-        sys.exit(f"bench-converge: {' '.join(command)} failed:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
-    time.sleep(0.5)  # let the engine record the last events
-    return start_wall, time.time(), elapsed, result.stdout
+    return counts, elapsed, result.stdout
 
 
 def main() -> int:
@@ -85,15 +85,15 @@ def main() -> int:
     for playbook in args.playbooks:
         command = [str(bin_dir / "ansible-playbook"), "-i", inventory, playbook]
         ping = [str(bin_dir / "ansible"), "-i", inventory, "redis", "-m", "ansible.builtin.ping"]
-        timed(command, args.project, env)  # settle: the measured runs are no-ops
+        timed(command, args.project, env, hosts)  # settle: the measured runs are no-ops
         counts, walls, ratios = [], [], []
         for _ in range(args.runs):
-            _, _, base, _ = timed(ping, args.project, env)
-            since, until, elapsed, out = timed(command, args.project, env)
+            _, base, _ = timed(ping, args.project, env, hosts)
+            execs, elapsed, out = timed(command, args.project, env, hosts)
             changed = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", out, re.MULTILINE)
             if any(count != "0" for _, count in changed):
                 print(f"  note: a measured run of {playbook} changed something: {changed}")
-            counts.append(execs(hosts, since, until))
+            counts.append(execs)
             walls.append(elapsed)
             ratios.append(elapsed / base)
         per_host = {host: sorted({c[host] for c in counts}) for host in hosts}
