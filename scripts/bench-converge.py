@@ -24,6 +24,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,17 +50,21 @@ def lab_hosts() -> list[str]:
 def timed(command: list[str], project: Path, env: dict, hosts: list[str]) -> tuple[dict[str, int], float, str]:
     """Run a command; the exec_start events per container meanwhile, its wall time and its output.
 
-    The events are read as they happen: the engine keeps only its last 256 events for --since."""
+    The events are taken as they happen, into a file: the engine keeps only its last 256 events for
+    --since, and drops events for a subscriber that reads too slowly (a pipe that is not read fills)."""
     # The engine names the event "exec_start: <command>", which an event= filter does not match.
-    events = subprocess.Popen(["docker", "events", "--filter", "type=container", "--format", "{{json .}}"],
-                              stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)
-    start = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=project, env=env, check=False)
-    elapsed = time.monotonic() - start
-    time.sleep(0.5)  # let the engine report the last events
-    events.terminate()
-    lines, _ = events.communicate(timeout=30)
+    with tempfile.TemporaryFile("w+") as log:
+        events = subprocess.Popen(["docker", "events", "--filter", "type=container", "--format", "{{json .}}"],
+                                  stdout=log, text=True)
+        time.sleep(0.5)
+        start = time.monotonic()
+        result = subprocess.run(command, capture_output=True, text=True, cwd=project, env=env, check=False)
+        elapsed = time.monotonic() - start
+        time.sleep(0.5)  # let the engine report the last events
+        events.terminate()
+        events.wait(30)
+        log.seek(0)
+        lines = log.read()
     if result.returncode != 0:
         sys.exit(f"bench-converge: {' '.join(command)} failed:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
     counts = dict.fromkeys(hosts, 0)
