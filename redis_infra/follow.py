@@ -10,9 +10,12 @@ Sentinel of the group for the primary and writes the include file the config fil
 Decisions, from the Sentinels' answers only (docs/ha.md, "A restarted instance"):
 - a majority of the configured Sentinels names one address: follow it (or be the primary when it is
   this instance's own address);
-- no majority within `wait` seconds (Sentinels down, not yet told about the instance, split, wrong
-  password): the include file is left as it is, the primary of the last start or of the last converge,
-  and the journal says so.
+- no majority within `wait` seconds (Sentinels down or still starting, not yet told about the
+  instance, split, wrong password): no replicaof either. The instance comes up a master without
+  replicas, which min-replicas-to-write keeps from taking writes, until Sentinel or the next converge
+  makes it a replica. Following the primary of an earlier start instead could make it copy a stale
+  primary over newer data (after a failover since then, or every host restarted at once); the
+  journal says which it was.
 
 The config file (TOML, written by the redis_server role, root only since it holds the Sentinels'
 password):
@@ -28,9 +31,8 @@ password):
     port = 26379
     password = "..."                   # optional
 
-Exit status: 0 when the include file says what the Sentinels decided or was kept for want of a
-majority; 2 for a bad config file; 1 when the include file cannot be written (the unit does not start
-then: starting with a file that contradicts the Sentinels could make a replica a writable master).
+Exit status: 0 when the include file says what was decided; 2 for a bad config file; 1 when the
+include file cannot be written (the unit does not start then: an old file could name a stale primary).
 """
 
 from __future__ import annotations
@@ -238,11 +240,6 @@ def run(path: str) -> int:
         return 2
     decision, said = poll(config)
     heard = "; ".join(f"{address}: {answer}" for address, answer in said.items())
-    if decision.primary is None:
-        print(f"redis-infra-follow: {config.name}: no majority of the {len(config.sentinels)} Sentinels "
-              f"({decision.needed} needed) named a primary within {config.wait:g} s, so {config.include_file} "
-              f"is kept as it is (the primary of the last start or converge). Sentinels: {heard}", file=sys.stderr)
-        return 0
     primary = decision.follows(config)
     try:
         changed = write(config, render(primary))
@@ -250,9 +247,16 @@ def run(path: str) -> int:
         print(f"redis-infra-follow: {config.name}: cannot write {config.include_file}: {exc}; not starting, "
               f"since the file may contradict the Sentinels", file=sys.stderr)
         return 1
+    again = "" if changed else ", as before"
+    if decision.primary is None:
+        print(f"redis-infra-follow: {config.name}: no majority of the {len(config.sentinels)} Sentinels "
+              f"({decision.needed} needed) named a primary within {config.wait:g} s, so it starts as a master "
+              f"without replicas (min-replicas-to-write refuses writes) until Sentinel or the next converge "
+              f"makes it a replica{again}. Sentinels: {heard}", file=sys.stderr)
+        return 0
     role = f"replica of {primary[0]}:{primary[1]}" if primary else "the primary"
     print(f"redis-infra-follow: {config.name}: starts as {role} ({decision.votes} of {len(config.sentinels)} "
-          f"Sentinels){'' if changed else ', as before'}", file=sys.stderr)
+          f"Sentinels){again}", file=sys.stderr)
     return 0
 
 

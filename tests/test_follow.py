@@ -148,11 +148,11 @@ def test_the_primary_named_by_the_sentinels_starts_as_the_primary(group, tmp_pat
     assert "\nreplicaof" not in include.read_text()
 
 
-def test_without_a_majority_the_file_is_kept_and_the_journal_says_why(group, tmp_path):
+def test_without_a_majority_it_follows_nobody_and_the_journal_says_why(group, tmp_path):
+    """An earlier start's primary may be stale: without a majority the instance copies nobody."""
     primary, replica, sentinel_ports = group
     include = tmp_path / f"replicaof-{replica.port}.conf"
-    before = follow.render(("127.0.0.1", primary.port))
-    include.write_text(before)
+    include.write_text(follow.render(("127.0.0.1", primary.port)))
     # One Sentinel with the right password, two that refuse it or are not there: no majority.
     nobody = free_port()
     config = _config(tmp_path, replica.port, [sentinel_ports[0], nobody, nobody], wait=1.0)
@@ -161,12 +161,14 @@ def test_without_a_majority_the_file_is_kept_and_the_journal_says_why(group, tmp
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started >= 1.0, "it did not wait for a majority"
     assert "no majority of the 3 Sentinels (2 needed)" in result.stderr
+    assert "starts as a master without replicas" in result.stderr
     assert f"127.0.0.1:{nobody}: ConnectionError" in result.stderr
-    assert include.read_text() == before
+    assert include.read_text() == follow.render(None)
+    include.write_text(follow.render(("127.0.0.1", primary.port)))
     wrong = _run(_config(tmp_path, replica.port, sentinel_ports, password="not-the-password"))
     assert wrong.returncode == 0 and "no majority" in wrong.stderr, wrong.stderr
     assert "not-the-password" not in wrong.stderr and SENTINEL_PASSWORD not in wrong.stderr
-    assert include.read_text() == before
+    assert include.read_text() == follow.render(None)
 
 
 def test_a_config_readable_by_others_or_an_unwritable_include_stops_the_start(group, tmp_path):

@@ -649,8 +649,9 @@ def test_ha_replica_restarted_outside_ansible_never_takes_writes(hosts, addresse
 
 def test_ha_full_restart_of_every_host_converges_to_one_primary_with_the_data(hosts):
     """Every Redis and Sentinel restarted at once (as after a power cut): the Sentinels remember the
-    primary and each instance's start hook asks them (or keeps the primary of its last start); a
-    converge settles on that primary and the data is on every host."""
+    primary and each instance's start hook asks them (without a majority in time it follows nobody and
+    comes up a master without replicas); a converge settles on that primary and the data is on every
+    host."""
     primary = current_primary(hosts)
     assert app(hosts[primary], "SET", "verify:full-restart", "kept") == "OK"
     assert cli(hosts[primary], "WAIT", 2, 5000) == "2"
