@@ -52,7 +52,8 @@ from dataclasses import dataclass, field
 from .connection import read_private
 
 HEADER = ("# Managed by redis-infra: the primary this instance follows when it starts. Written by\n"
-          "# redis-infra-follow from the Sentinels' majority before each start; no replicaof: the primary.\n")
+          "# redis-infra-follow from the Sentinels' majority before each start.\n"
+          "# No replicaof: this is the primary, or no majority answered.\n")
 
 
 class FollowConfigError(Exception):
