@@ -40,8 +40,9 @@ lab: host venv collections images ## Start the lab containers and converge them 
 lab-destroy: venv ## Stop and remove the lab containers
 	scripts/lab.sh down
 
-lint: venv collections ## yamllint, ansible-lint (production profile), ruff
+lint: venv collections ## yamllint, ansible-lint (production profile), ruff, the changelog fragments
 	$(BIN)/yamllint .
+	$(BIN)/antsibull-changelog lint
 	$(BIN)/ansible-lint
 	$(BIN)/ruff check .
 

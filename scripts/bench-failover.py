@@ -5,7 +5,7 @@ Measures, with the settings the inventory deployed:
   failover   time from the primary stopping (docker pause: it stops answering, as in the failover test)
              to the first successful write on the primary Sentinel then names; median and max over N trials.
   steady     seconds of steady writes with a healthy primary; reports any change of primary (must be none).
-  rolling    write-outage window of playbooks/rolling-restart.yml under a steady write load, writes
+  rolling    write-outage window of playbooks/rolling_restart.yml under a steady write load, writes
              acknowledged with WAIT 1; checks that every acknowledged write is on the final primary.
   static     the same for a converge of playbooks/redis.yml that changes a static setting (tcp-backlog,
              alternating between two values each round): the restarts it rolls over every host.
@@ -209,7 +209,7 @@ def rolling(topology, inventory):
     started = time.monotonic()
     playbook = Path(sys.executable).with_name("ansible-playbook")
     command = str(playbook) if playbook.exists() else "ansible-playbook"
-    result = subprocess.run([command, "-i", inventory, str(ROOT / "playbooks/rolling-restart.yml")],
+    result = subprocess.run([command, "-i", inventory, str(ROOT / "playbooks/rolling_restart.yml")],
                             capture_output=True, text=True, check=False)
     took = time.monotonic() - started
     time.sleep(2)
@@ -267,7 +267,7 @@ def main():
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--pause", type=float, default=10.0, help="seconds the primary stays paused")
     parser.add_argument("--steady", type=int, default=0, help="seconds of steady load with a healthy primary")
-    parser.add_argument("--rolling-inventory", help="inventory for playbooks/rolling-restart.yml")
+    parser.add_argument("--rolling-inventory", help="inventory for playbooks/rolling_restart.yml")
     parser.add_argument("--static-inventory", help="inventory for converges of playbooks/redis.yml (static change)")
     parser.add_argument("--static-rounds", type=int, default=3)
     args = parser.parse_args()

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "roles/redis_server/filter_plugins"))
+sys.path.insert(0, str(ROOT / "plugins/filter"))
 
 from redis_conf import redis_acl_changes, redis_conf_drift, redis_server_plan  # noqa: E402
 

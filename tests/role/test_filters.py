@@ -11,7 +11,7 @@ import redis
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "roles/redis_server/filter_plugins"))
+sys.path.insert(0, str(ROOT / "plugins/filter"))
 
 from redis_conf import redis_conf_changes, redis_conf_parse, redis_memory_bytes, redis_server_plan  # noqa: E402
 

@@ -172,7 +172,7 @@ def role_play(role: str) -> dict:
            ".argument_specs.main.options }}"
     tasks = [
         {"name": "Validate the arguments", "ansible.builtin.validate_argument_spec": {"argument_spec": spec}},
-        {"ansible.builtin.include_role": {"name": role, "tasks_from": "preflight"}},
+        {"ansible.builtin.include_role": {"name": f"redis_infra.redis.{role}", "tasks_from": "preflight"}},
         {"ansible.builtin.set_fact": {"__outcome": "accepted"}},
     ]
     if role == "redis_sentinel":

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "roles/redis_server/filter_plugins"))
+sys.path.insert(0, str(ROOT / "plugins/filter"))
 
 from redis_topology import (  # noqa: E402
     redis_server_address,

@@ -23,5 +23,5 @@ def record(name: str, message: str) -> dict:
 
 def case_tasks(name: str, role: str) -> list:
     """The tasks of one case's play: run the role, record 'accepted' or the failure message."""
-    return [{"block": [{"ansible.builtin.include_role": {"name": role}}, record(name, "'accepted'")],
-             "rescue": [record(name, FAILURE_MESSAGE)]}]
+    include = {"ansible.builtin.include_role": {"name": f"redis_infra.redis.{role}"}}
+    return [{"block": [include, record(name, "'accepted'")], "rescue": [record(name, FAILURE_MESSAGE)]}]

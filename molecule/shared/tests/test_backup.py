@@ -378,7 +378,7 @@ def test_backup_preflight_names_the_bad_variable_and_changes_nothing(host, env, 
     for name, _variable, variables in cases:
         plays.append({
             "name": f"Case: {name}", "hosts": "redis", "become": True, "gather_facts": not plays, "vars": variables,
-            "tasks": [{"block": [{"ansible.builtin.include_role": {"name": "redis_backup"}},
+            "tasks": [{"block": [{"ansible.builtin.include_role": {"name": "redis_infra.redis.redis_backup"}},
                                  {"ansible.builtin.set_fact": {"__outcomes": "{{ __outcomes | default([]) + "
                                                                f"[[{json.dumps(name)}, 'accepted']] }}}}"}}],
                        "rescue": [{"ansible.builtin.set_fact": {

@@ -456,7 +456,7 @@ def _restarted(before, hosts, names):
 
 
 def test_rolling_restart_goes_on_without_a_replica_that_is_down(hosts):
-    rolling = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "rolling-restart.yml")
+    rolling = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "rolling_restart.yml")
     primary = current_primary(hosts)
     down = sorted(name for name in hosts if name != primary)[0]
     up = [name for name in hosts if name != down]

@@ -260,11 +260,15 @@ def test_no_password_in_processes_units_or_logs(host, env):
 def _playbook(*args, server_only=False):
     """Run the converge playbook again from the controller, as Molecule does; with server_only, only
     playbooks/redis.yml (the server role and its rolling plays), for tests of the server's own behaviour:
-    the other plays take half of a converge's time and change nothing those tests look at."""
+    the other plays take half of a converge's time and change nothing those tests look at. A scenario
+    with a converge playbook of its own (default: the installed collection's) runs that one."""
+    scenario = os.environ["MOLECULE_SCENARIO_DIRECTORY"]
     if server_only:
         playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "redis.yml")
+    elif os.path.exists(os.path.join(scenario, "converge.yml")):
+        playbook = os.path.join(scenario, "converge.yml")
     else:
-        playbook = os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "..", "shared", "converge.yml")
+        playbook = os.path.join(scenario, "..", "shared", "converge.yml")
     command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], playbook, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
 

@@ -1,0 +1,85 @@
+# Copyright: redis-infra contributors
+# MIT License (see LICENSE)
+"""A minimal RESP2 client for the collection's modules: no client library is needed on the hosts."""
+
+from __future__ import annotations
+
+import socket
+
+
+class RedisReplyError(Exception):
+    pass
+
+
+class Connection:
+    def __init__(self, settings, timeout):
+        path = settings.get("unix_socket")
+        if path:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            try:
+                self.sock.connect(path)
+            except OSError:
+                self.sock.close()
+                path = None
+        if not path:
+            address = (settings.get("host", "127.0.0.1"), settings.get("port", 6379))
+            self.sock = socket.create_connection(address, timeout)
+        self.buffer = b""
+
+    def close(self):
+        self.sock.close()
+
+    def _line(self):
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed by the server")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def _exact(self, size):
+        while len(self.buffer) < size + 2:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed by the server")
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:size], self.buffer[size + 2:]
+        return data
+
+    def read(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:].decode("utf-8", "replace")
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            raise RedisReplyError(rest)
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            return None if size < 0 else self._exact(size).decode("utf-8", "replace")
+        if kind == b"*":
+            size = int(rest)
+            return None if size < 0 else [self.read() for _ in range(size)]
+        raise ConnectionError(f"unexpected reply from the server: {line[:80]!r}")
+
+    def call(self, *args):
+        payload = [f"*{len(args)}\r\n".encode()]
+        for arg in args:
+            data = str(arg).encode()
+            payload.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        self.sock.sendall(b"".join(payload))
+        return self.read()
+
+
+def connect(settings, timeout):
+    conn = Connection(settings, timeout)
+    try:
+        if settings.get("password"):
+            conn.call("AUTH", settings.get("username") or "default", settings["password"])
+        return conn
+    except Exception:
+        conn.close()
+        raise

@@ -1,1 +1,0 @@
-../../redis_server/library/redis_command.py
