@@ -12,7 +12,7 @@ LANES ?= ha,redis8 production,valkey,default
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help host venv collections images lab lab-destroy lint test test-fast test-molecule bench clean
+.PHONY: help host venv collections images lab lab-destroy lint sanity test test-fast test-molecule bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,13 +46,16 @@ lint: venv collections ## yamllint, ansible-lint (production profile), ruff, the
 	$(BIN)/ansible-lint
 	$(BIN)/ruff check .
 
+sanity: venv ## ansible-test sanity on the built collection (each test in its own virtualenv, from PyPI)
+	scripts/sanity.sh
+
 test-fast: venv collections ## Fast tests: templates and Python tools against real redis-server processes
 	$(BIN)/pytest -q -n 2 tests
 
 test-molecule: venv collections images ## Every Molecule scenario (in parallel lanes): check mode, converge, verify
 	MOLECULE=$(BIN)/molecule scripts/test-molecule.sh $(LANES)
 
-test: host lint test-fast test-molecule ## Lint, fast tests, then every Molecule scenario
+test: host lint sanity test-fast test-molecule ## Lint, ansible-test sanity, fast tests, then every Molecule scenario
 
 bench: lab ## Benchmarks (see docs/benchmarks.md)
 	scripts/bench.sh

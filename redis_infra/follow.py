@@ -262,7 +262,7 @@ def run(path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="redis-infra-follow", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="redis-infra-follow", description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("config", help="the instance's follow config (TOML)")
     return run(parser.parse_args(argv).config)
 

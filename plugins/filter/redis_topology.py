@@ -63,7 +63,7 @@ def _sentinel_answer(reply):
 
 def _decide(name, port, roles, sentinels, addresses, bootstrap, sentinel_count):
     """(address, port, source) or a conflict message, for one instance."""
-    answered = [(str(r[0]), int(r[1])) for _, r in sentinels if _sentinel_answer(r)]
+    answered = [(str(r[0]), int(r[1])) for _host, r in sentinels if _sentinel_answer(r)]
     votes = Counter(answered)
 
     masters = {}      # address -> (offset, number of replicas its ROLE lists)
@@ -82,7 +82,7 @@ def _decide(name, port, roles, sentinels, addresses, bootstrap, sentinel_count):
     for target, state in replicas.values():
         if state == "connected":
             attached[target] += 1
-    live = sorted(address for address, (_, listed) in masters.items()
+    live = sorted(address for address, (_offset, listed) in masters.items()
                   if listed > 0 or attached[(address, port)] > 0)
 
     # 1. A Sentinel majority, checked against what the instances say.
@@ -103,7 +103,7 @@ def _decide(name, port, roles, sentinels, addresses, bootstrap, sentinel_count):
         return f"{' and '.join(live)} are both masters with replicas attached (split brain)"
     if live:
         return live[0], port, "instances"
-    followed = sorted({target for target, _ in replicas.values()})
+    followed = sorted({target for target, _offset in replicas.values()})
     if len(followed) > 1:
         return ("the replicas follow different primaries (" + ", ".join(f"{a}:{p}" for a, p in followed)
                 + ") and none of them has a replica attached")
@@ -113,8 +113,8 @@ def _decide(name, port, roles, sentinels, addresses, bootstrap, sentinel_count):
             return f"the replicas follow {address}, which is itself a replica"
         return address, primary_port, "instances"
     if masters:
-        newest = max(offset for offset, _ in masters.values())
-        candidates = sorted(address for address, (offset, _) in masters.items() if offset == newest)
+        newest = max(offset for offset, _replicas in masters.values())
+        candidates = sorted(address for address, (offset, _replicas) in masters.items() if offset == newest)
         if len(candidates) == 1:
             return candidates[0], port, "instances"
         if str(bootstrap) in candidates:

@@ -62,7 +62,7 @@ class Connection:
             return None if size < 0 else self._exact(size).decode("utf-8", "replace")
         if kind == b"*":
             size = int(rest)
-            return None if size < 0 else [self.read() for _ in range(size)]
+            return None if size < 0 else [self.read() for _item in range(size)]
         raise ConnectionError(f"unexpected reply from the server: {line[:80]!r}")
 
     def call(self, *args):

@@ -9,7 +9,8 @@ DOCUMENTATION = r"""
 module: redis_command
 short_description: Run commands on a local Redis or Valkey instance
 version_added: 1.0.0
-author: redis-infra contributors
+author:
+  - redis-infra contributors (@redis-infra)
 description:
   - Connects with the credentials of a connection file written by the P(redis_infra.redis.redis_server#role)
     role (TOML with C(host), C(port), C(unix_socket), C(username), C(password)), so that no password passes
@@ -42,11 +43,15 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: partial
     details: In check mode the connection file is read but no command is sent; RV(responses) is empty.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   platform:
+    description: Target OS/families that can be operated against.
+    support: full
     platforms: posix
 notes:
   - The connection file is read on the host with Python's C(tomllib) (Python 3.11 or later on the host).

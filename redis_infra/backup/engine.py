@@ -252,8 +252,8 @@ def _run_locked(cfg: BackupConfig, clock: Clock, started: datetime, status: dict
             finals: list[str] = []
             try:
                 with storage.temp_paths() as temps:
-                    rdb_digest, rdb_size, raw_size = _stage_rdb(cfg, facts, rdb_source, bid, snapshot_time,
-                                                                 check_rdb, temps, phases)
+                    rdb_digest, rdb_size, raw_size = _stage_rdb(
+                        cfg, facts, rdb_source, bid, snapshot_time, check_rdb, temps, phases)
                     staged = [(f".tmp-{bid}{RDB_SUFFIX}{SUM_SUFFIX}", bid + RDB_SUFFIX + SUM_SUFFIX),
                               (f".tmp-{bid}{RDB_SUFFIX}", bid + RDB_SUFFIX)]
                     if aof_set is not None:

@@ -137,8 +137,8 @@ def evaluate_latency(name: str, seconds: float, thresholds: Thresholds, what: st
     if status != HEALTHY:
         limit = thresholds.ping_unhealthy_ms if status == UNHEALTHY else thresholds.ping_degraded_ms
         reason += f" (>= {limit:g} ms)"
-    return CheckResult(name, status, _ms(seconds), {"degraded": thresholds.ping_degraded_ms,
-                                                     "unhealthy": thresholds.ping_unhealthy_ms}, reason, "ms")
+    limits = {"degraded": thresholds.ping_degraded_ms, "unhealthy": thresholds.ping_unhealthy_ms}
+    return CheckResult(name, status, _ms(seconds), limits, reason, "ms")
 
 
 def evaluate_memory(info: dict[str, str], thresholds: Thresholds) -> CheckResult:

@@ -189,5 +189,3 @@ def run_serve(config) -> int:
             notifier.stop()
         server.server_close()
     return 0
-
-
