@@ -1,0 +1,93 @@
+"""Every managed setting is one thing across the role: a key of both profiles, a role variable with an
+argument spec, an instance override, and a directive in the rendered file that a real redis-server
+loads with the value asked. Adding a setting without its test value here fails, naming it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+from tests.conftest import REDIS_SERVER
+from tests.role.test_config_template import PASSWORDS, render, start_rendered
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLE_VARS = yaml.safe_load((ROOT / "roles/redis_server/vars/main.yml").read_text())
+PROFILES = ROLE_VARS["_redis_server_profiles"]
+SETTINGS = sorted(PROFILES["production"])
+
+# For every setting, a value unlike the development profile's (the one the test renders with) and
+# what CONFIG GET returns for it (None: checked in the rendered file only, as bind, which the test moves).
+DISTINCT = {
+    "bind": (["127.0.0.1", "-::1", "127.0.0.2"], None),
+    "protected_mode": (False, "no"),
+    "maxmemory": ("123mb", str(123 * 1024**2)),
+    "maxmemory_policy": ("volatile-ttl", "volatile-ttl"),
+    "appendonly": (True, "yes"),
+    "appendfsync": ("no", "no"),
+    "save": (["1234 5", "77 8"], "1234 5 77 8"),
+    "aof_use_rdb_preamble": (False, "no"),
+    "tcp_backlog": (123, "123"),
+    "tcp_keepalive": (77, "77"),
+    "timeout": (33, "33"),
+    "maxclients": (1234, "1234"),
+    "io_threads": (2, "2"),
+    "loglevel": ("warning", "warning"),
+    "slowlog_log_slower_than": (4321, "4321"),
+    "slowlog_max_len": (99, "99"),
+}
+
+
+def test_both_profiles_manage_the_same_settings():
+    """A key added to one profile only would be ignored (the settings are the production profile's keys)."""
+    assert sorted(PROFILES["development"]) == SETTINGS
+
+
+def test_every_setting_is_a_role_variable_with_a_spec_that_defaults_to_the_profile():
+    defaults = yaml.safe_load((ROOT / "roles/redis_server/defaults/main.yml").read_text())
+    options = yaml.safe_load((ROOT / "roles/redis_server/meta/argument_specs.yml").read_text())[
+        "argument_specs"]["main"]["options"]
+    for setting in SETTINGS:
+        variable = f"redis_server_{setting}"
+        assert variable in defaults, f"{variable} is not in defaults/main.yml"
+        assert defaults[variable] is None, f"{variable} must default to null (the profile's value)"
+        assert variable in options, f"{variable} has no argument spec"
+        description = options[variable]["description"]
+        text = " ".join(description) if isinstance(description, list) else description
+        assert "profile" in text, f"{variable}'s description does not say that null takes the profile's value"
+
+
+def test_every_setting_has_a_distinct_test_value():
+    assert sorted(DISTINCT) == SETTINGS, "add the new setting's test value to DISTINCT"
+    for setting, (value, _shown) in DISTINCT.items():
+        assert PROFILES["development"][setting] != value, f"{setting}: the test value is the development profile's"
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+@pytest.mark.parametrize("how", ["role variables", "instance overrides"])
+def test_every_setting_reaches_the_rendered_file_and_the_server(tmp_path, how):
+    values = {setting: value for setting, (value, _shown) in DISTINCT.items()}
+    if how == "role variables":
+        variables = {f"redis_server_{setting}": value for setting, value in values.items()}
+    else:
+        variables = {"redis_server_instances": [dict(name="main", port=6379, **values)]}
+    rendered = render(tmp_path, {"redis_server_profile": "development", **variables})
+    instance = json.loads((rendered / "instances.json").read_text())[0]
+    text = (rendered / "main.conf").read_text()
+    for setting, value in values.items():
+        assert instance[setting] == value, f"{setting} did not reach the instance ({how})"
+    assert "\nbind 127.0.0.1 -::1 127.0.0.2\n" in text, "bind did not reach the rendered file"
+    server = start_rendered(tmp_path, rendered, "main")
+    try:
+        client = redis.Redis(port=server.port, username="admin", password=PASSWORDS["redis_server_admin_password"],
+                             decode_responses=True)
+        for setting, (_value, shown) in DISTINCT.items():
+            if shown is None:
+                continue
+            directive = setting.replace("_", "-")
+            assert client.config_get(directive) == {directive: shown}, f"{directive} ({how})"
+    finally:
+        server.stop()
