@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Writes the variable reference of every role, docs/roles/<role>.md, from its argument specs.
 
+A role with a settings catalog in vars/main.yml (redis_server) also gets the catalog's table: each
+setting's directive, whether it changes live, and the profiles' values.
+
 The specs are read as Ansible reads them (`ansible-doc -t role --json`), so what the page says is what
 the role checks when it starts. A default the spec leaves out (one computed by Jinja) comes from the
 role's defaults/main.yml as written there. `--check` writes nothing and fails, naming the pages, when
@@ -87,6 +90,23 @@ def _options_table(options: dict, defaults: dict, lines: list[str]) -> None:
         lines.append(f"| `{name}` | {_type(option)} | {default} | {_cell(description)} |")
 
 
+def _catalog(role: str, lines: list[str]) -> None:
+    """The settings catalog of a role's vars/main.yml (redis_server's), as a table."""
+    vars_file = ROOT / "roles" / role / "vars" / "main.yml"
+    catalog = (yaml.safe_load(vars_file.read_text()) or {}).get(f"_{role}_settings") if vars_file.exists() else None
+    if not isinstance(catalog, dict) or not all(isinstance(item, dict) and "live" in item for item in catalog.values()):
+        return
+    lines += ["## Managed settings", "",
+              f"The catalog `_{role}_settings` of `roles/{role}/vars/main.yml`: each setting is the variable",
+              f"`{role}_<setting>` above (null: the profile's value) and an override of `{role}_instances`,",
+              "written as the directive with dashes. Live: a change is applied with CONFIG SET, without a restart.",
+              "", "| setting | directive | live | development | production |", "|---|---|---|---|---|"]
+    for name, entry in catalog.items():
+        lines.append(f"| `{name}` | `{name.replace('_', '-')}` | {'yes' if entry['live'] else 'no (restart)'} | "
+                     f"{_cell(_code(entry['development']))} | {_cell(_code(entry['production']))} |")
+    lines.append("")
+
+
 def render(role: str, doc: dict) -> str:
     defaults_file = ROOT / "roles" / role / "defaults" / "main.yml"
     defaults = yaml.safe_load(defaults_file.read_text()) if defaults_file.exists() else {}
@@ -111,6 +131,8 @@ def render(role: str, doc: dict) -> str:
             lines.append("")
         else:
             lines += ["No variables of its own.", ""]
+        if entry == "main":
+            _catalog(role, lines)
     return "\n".join(lines).rstrip() + "\n"
 
 

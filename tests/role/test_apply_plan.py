@@ -15,6 +15,8 @@ sys.path.insert(0, str(ROOT / "plugins/filter"))
 
 from redis_conf import redis_acl_changes, redis_conf_drift, redis_server_plan  # noqa: E402
 
+from tests.role.catalog import RUNTIME_DIRECTIVES  # noqa: E402
+
 RUNTIME = ["maxmemory", "save", "appendonly", "masterauth", "slowlog-max-len"]
 INSTANCE = [{"name": "main", "unit": "redis-server@main.service", "log_file": "/var/log/redis/x.log"}]
 ACL = "user default on #aaa ~* &* +@all -flushall\nuser admin on #bbb ~* &* +@all\n"
@@ -155,9 +157,7 @@ def test_an_unreadable_config_get_answer_falls_back_to_the_file_diff():
 
 def test_one_config_get_reads_every_runtime_directive_from_a_real_server(redis_factory):
     """The role asks CONFIG GET once with every runtime directive (but secrets); the flat answer parses."""
-    import yaml
-    role_vars = yaml.safe_load((ROOT / "roles/redis_server/vars/main.yml").read_text())
-    directives = [d for d in role_vars["_redis_server_runtime_directives"] if d not in ("masterauth", "requirepass")]
+    directives = [d for d in RUNTIME_DIRECTIVES if d not in ("masterauth", "requirepass")]
     server = redis_factory(extra="maxmemory 2gb\nslowlog-max-len 99\n")
     reply = redis.Redis(port=server.port, decode_responses=True).execute_command("CONFIG", "GET", *directives)
     flat = [item for pair in reply.items() for item in pair] if isinstance(reply, dict) else reply

@@ -15,6 +15,8 @@ sys.path.insert(0, str(ROOT / "plugins/filter"))
 
 from redis_conf import redis_conf_changes, redis_conf_parse, redis_memory_bytes, redis_server_plan  # noqa: E402
 
+from tests.role.catalog import RUNTIME_DIRECTIVES  # noqa: E402
+
 
 @pytest.mark.parametrize(("value", "expected"), [
     ("2gb", 2 * 1024**3), ("2GB", 2 * 1024**3), ("512mb", 512 * 1024**2), ("1g", 10**9), ("100k", 100_000),
@@ -82,8 +84,7 @@ def test_plan_leaves_stopped_instances_to_start_with_the_new_files():
 
 
 def test_runtime_directives_are_settable_at_runtime(redis_factory):
-    role_vars = yaml.safe_load((ROOT / "roles/redis_server/vars/main.yml").read_text())
-    runtime = role_vars["_redis_server_runtime_directives"]
+    runtime = RUNTIME_DIRECTIVES
     server = redis_factory()
     client = redis.Redis(port=server.port, decode_responses=True)
     for directive in runtime:

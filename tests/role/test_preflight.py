@@ -25,6 +25,7 @@ from preflight_cases import FAILURE_MESSAGE  # noqa: E402
 from test_redis_server import BAD_INPUT, DEBIAN12_ONLY  # noqa: E402
 
 from redis_infra.health.config import THRESHOLD_DEFAULTS  # noqa: E402
+from tests.role.catalog import PROFILES, RULES  # noqa: E402
 
 ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 FACTS = {"distribution": "Debian", "distribution_major_version": "12", "processor_vcpus": 4, "memtotal_mb": 8192,
@@ -250,9 +251,9 @@ def _task_vars(path: str, task_name: str) -> dict:
 
 
 def test_every_setting_has_a_rule():
-    rules = _task_vars("roles/redis_server/tasks/preflight.yml", "Check the type and range of each setting")
-    profiles = yaml.safe_load((ROOT / "roles/redis_server/vars/main.yml").read_text())["_redis_server_profiles"]
-    assert set(rules["__redis_server_setting_rules"]) == set(profiles["production"]) == set(profiles["development"])
+    assert set(RULES) == set(PROFILES["production"]) == set(PROFILES["development"])
+    for name, rule in RULES.items():
+        assert rule.get("type") in ("list", "bool", "memory", "choice", "int"), f"{name}: rule without a known type"
 
 
 def test_health_preflight_knows_the_checkers_threshold_defaults():

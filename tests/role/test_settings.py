@@ -12,12 +12,12 @@ import redis
 import yaml
 
 from tests.conftest import REDIS_SERVER
+from tests.role.catalog import PROFILES, RUNTIME_DIRECTIVES
+from tests.role.catalog import SETTINGS as CATALOG
 from tests.role.test_config_template import PASSWORDS, render, start_rendered
 
 ROOT = Path(__file__).resolve().parents[2]
-ROLE_VARS = yaml.safe_load((ROOT / "roles/redis_server/vars/main.yml").read_text())
-PROFILES = ROLE_VARS["_redis_server_profiles"]
-SETTINGS = sorted(PROFILES["production"])
+SETTINGS = sorted(CATALOG)
 
 # For every setting, a value unlike the development profile's (the one the test renders with) and
 # what CONFIG GET returns for it (None: checked in the rendered file only, as bind, which the test moves).
@@ -44,6 +44,32 @@ DISTINCT = {
 def test_both_profiles_manage_the_same_settings():
     """A key added to one profile only would be ignored (the settings are the production profile's keys)."""
     assert sorted(PROFILES["development"]) == SETTINGS
+
+
+def test_the_catalog_and_the_argument_specs_agree():
+    """The argument spec of each setting has the catalog's type and description (the catalog is the source)."""
+    options = yaml.safe_load((ROOT / "roles/redis_server/meta/argument_specs.yml").read_text())[
+        "argument_specs"]["main"]["options"]
+    for setting, entry in CATALOG.items():
+        spec = options[f"redis_server_{setting}"]
+        assert spec["type"] == entry["type"], f"redis_server_{setting}: the spec's type is not the catalog's"
+        assert spec["description"] == entry["description"], (
+            f"redis_server_{setting}: the spec's description is not the catalog's: {entry['description']!r}")
+        if entry["type"] == "list":
+            assert spec.get("elements") == "str", f"redis_server_{setting}: a list of strings"
+        assert set(entry) == {"type", "description", "rule", "live", "development", "production"}, setting
+        assert isinstance(entry["live"], bool), f"{setting}: live is true or false"
+
+
+def test_the_role_derives_from_the_catalog_what_the_tests_read(tmp_path):
+    """Profiles, runtime directives, rules and names as Ansible derives them from the catalog."""
+    derived = json.loads((render(tmp_path, {"redis_server_profile": "development"}) / "catalog.json").read_text())
+    assert derived["profiles"]["development"] == PROFILES["development"]
+    assert sorted(derived["profiles"]["production"]) == SETTINGS
+    assert derived["runtime_directives"] == RUNTIME_DIRECTIVES
+    assert derived["setting_names"] == list(CATALOG)
+    assert sorted(derived["rules"]) == SETTINGS
+    assert derived["rules"]["maxmemory_policy"]["choices"][0] == "noeviction", "the rule's choices are templated"
 
 
 def test_every_setting_is_a_role_variable_with_a_spec_that_defaults_to_the_profile():
