@@ -49,6 +49,10 @@ def redis_server_instances(instances, settings, engine, context):
             # Sentinel mode: the primary to follow at start (written by redis-infra-follow) and its config.
             replicaof_file=f"{engine['conf_dir']}/replicaof-{name}.conf",
             follow_file=f"{context['follow_dir']}/{name}.toml",
+            # The connection file of each of the role's users (admin, monitor, backup), by user name: the
+            # one place its path is made (tasks/connection_files.yml writes them, every tool reads them).
+            connection_files={user: f"{context['connection_dir']}/{name}-{user}.toml"
+                              for user in context.get("users") or []},
             dir=f"{engine['data_root']}/{name}",
             log_file=engine["log_file"].format(name=name),
             run_dir=run_dir,

@@ -30,7 +30,9 @@ def test_role_templates_load_in_the_checker(tmp_path):
         "redis_health_basic_auth_users": {"prometheus": "scrape-pass"},
         "redis_health_web_config_file": "/etc/redis-infra/health-web.yml",
         "__redis_health_hashes": {"prometheus": hashed},
-        "__redis_server_instances": [{"name": "main"}], "redis_server_connection_dir": "/etc/redis-infra/connections",
+        "__redis_server_instances": [{"name": "main", "connection_files": {
+            "monitor": "/etc/redis-infra/connections/main-monitor.toml"}}],
+        "redis_server_connection_dir": "/etc/redis-infra/connections",
         "redis_server_monitor_user": "monitor",
         "redis_server_primary_group": "redis_primary",
         "__redis_server_replication": {"enabled": True, "hosts": ["redis-1", "redis-2", "redis-3"]},
@@ -55,6 +57,7 @@ def test_role_templates_load_in_the_checker(tmp_path):
     assert config.web_config_file == "/etc/redis-infra/health-web.yml"
     # The group every host of it reports, so that the no-primary and split-brain alerts can fire.
     assert [(i.replication_group, i.expected_replicas) for i in config.instances] == [("redis_primary.main", 2)]
+    assert [i.connection_file for i in config.instances] == ["/etc/redis-infra/connections/main-monitor.toml"]
     import yaml
 
     from redis_infra.health.web import parse_web_config

@@ -63,13 +63,18 @@ def test_the_catalog_and_the_argument_specs_agree():
 
 def test_the_role_derives_from_the_catalog_what_the_tests_read(tmp_path):
     """Profiles, runtime directives, rules and names as Ansible derives them from the catalog."""
-    derived = json.loads((render(tmp_path, {"redis_server_profile": "development"}) / "catalog.json").read_text())
+    rendered = render(tmp_path, {"redis_server_profile": "development"})
+    derived = json.loads((rendered / "catalog.json").read_text())
     assert derived["profiles"]["development"] == PROFILES["development"]
     assert sorted(derived["profiles"]["production"]) == SETTINGS
     assert derived["runtime_directives"] == RUNTIME_DIRECTIVES
     assert derived["setting_names"] == list(CATALOG)
     assert sorted(derived["rules"]) == SETTINGS
     assert derived["rules"]["maxmemory_policy"]["choices"][0] == "noeviction", "the rule's choices are templated"
+    # The instance model names each user's connection file: the one place its path is made.
+    instance = json.loads((rendered / "instances.json").read_text())[0]
+    assert instance["connection_files"] == {user: f"/etc/redis-infra/connections/main-{user}.toml"
+                                            for user in ("admin", "monitor", "backup")}
 
 
 def test_every_setting_is_a_role_variable_with_a_spec_that_defaults_to_the_profile():
