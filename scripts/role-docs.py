@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,8 +44,9 @@ def _cell(text: str) -> str:
 
 
 def _prose(text: str) -> str:
-    """Text outside code spans: placeholders such as <instance> are not HTML tags."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text outside code spans: placeholders such as <instance> are not HTML tags; C(x) is code."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"\bC\(([^)]*)\)", r"`\1`", text)
 
 
 def _code(value) -> str:

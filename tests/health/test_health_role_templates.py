@@ -30,7 +30,7 @@ def test_role_templates_load_in_the_checker(tmp_path):
         "redis_health_basic_auth_users": {"prometheus": "scrape-pass"},
         "redis_health_web_config_file": "/etc/redis-infra/health-web.yml",
         "__redis_health_hashes": {"prometheus": hashed},
-        "__redis_server_instances": [{"name": "main", "connection_files": {
+        "redis_server_instance_model": [{"name": "main", "connection_files": {
             "monitor": "/etc/redis-infra/connections/main-monitor.toml"}}],
         "redis_server_connection_dir": "/etc/redis-infra/connections",
         "redis_server_monitor_user": "monitor",
