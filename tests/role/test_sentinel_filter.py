@@ -1,0 +1,111 @@
+"""The Sentinel role's filters (plugins/filter/redis_sentinel.py): what SENTINEL SET must change, proven
+to converge against a real Sentinel (redis-server --sentinel), and the topology summary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import REDIS_SERVER, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "plugins/filter"))
+
+from redis_sentinel import redis_sentinel_changes, redis_sentinel_summary  # noqa: E402
+
+SETTINGS = {"down-after-milliseconds": "5000", "failover-timeout": "60000", "parallel-syncs": "1", "quorum": "1"}
+SAVED = "sentinel auth-user main sentinel-user\nsentinel auth-pass main sentinel-password-0123456789\n"
+
+
+def _reply(**fields):
+    flat = []
+    for key, value in fields.items():
+        flat += [key.replace("_", "-"), value]
+    return flat
+
+
+def test_nothing_changes_when_sentinel_already_has_the_values_and_the_credentials():
+    reply = _reply(name="main", down_after_milliseconds="5000", failover_timeout=60000, parallel_syncs="1",
+                   quorum="1")
+    assert redis_sentinel_changes(reply, SETTINGS, SAVED, "main", "sentinel-user",
+                                  "sentinel-password-0123456789") == []
+
+
+def test_each_value_that_differs_is_set_and_credentials_not_saved_are_sent():
+    reply = _reply(down_after_milliseconds="30000", failover_timeout="60000", parallel_syncs="2", quorum="1")
+    changes = redis_sentinel_changes(reply, SETTINGS, "", "main", "sentinel-user", "new-password")
+    assert changes == ["down-after-milliseconds", "5000", "parallel-syncs", "1",
+                       "auth-user", "sentinel-user", "auth-pass", "new-password"]
+
+
+def test_a_rotated_password_is_sent_though_the_user_is_saved():
+    changes = redis_sentinel_changes(_reply(**{k.replace("-", "_"): v for k, v in SETTINGS.items()}), SETTINGS,
+                                     SAVED, "main", "sentinel-user", "rotated-password")
+    assert changes == ["auth-pass", "rotated-password"]
+
+
+def test_a_primary_just_added_gets_every_setting():
+    changes = redis_sentinel_changes(None, SETTINGS, None, "main", "u", "p")
+    assert changes[:8] == ["down-after-milliseconds", "5000", "failover-timeout", "60000", "parallel-syncs", "1",
+                           "quorum", "1"]
+
+
+def test_the_summary_lists_the_primary_the_replicas_and_the_sentinels():
+    topology = {"main": {"address": "10.0.0.2", "port": 6379}, "cache": {"address": "10.0.0.1", "port": "6380"}}
+    summary = redis_sentinel_summary(topology, ["10.0.0.1", "10.0.0.2", "10.0.0.3"], ["10.0.0.3", "10.0.0.1"], 26379)
+    assert summary["main"] == {"primary": "10.0.0.2:6379", "replicas": ["10.0.0.1:6379", "10.0.0.3:6379"],
+                               "sentinels": ["10.0.0.1:26379", "10.0.0.3:26379"], "sentinel_master_name": "main"}
+    assert summary["cache"]["primary"] == "10.0.0.1:6380"
+    assert list(summary) == ["cache", "main"]
+
+
+@pytest.fixture
+def sentinel(redis_factory, tmp_path):
+    """A primary with the Sentinel's ACL user, and one real Sentinel monitoring it (quorum 1)."""
+    primary = redis_factory("user sentinel-user on >sentinel-password-0123456789 allchannels +@all\n")
+    port = free_port()
+    workdir = tmp_path / "sentinel"
+    workdir.mkdir()
+    conf = workdir / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+                    f"sentinel monitor main 127.0.0.1 {primary.port} 1\n"
+                    "sentinel down-after-milliseconds main 30000\nsentinel parallel-syncs main 2\n")
+    proc = subprocess.Popen([REDIS_SERVER, str(conf), "--sentinel"], cwd=workdir, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port, decode_responses=True, socket_timeout=2)
+    try:
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                time.sleep(0.05)
+        yield client, conf
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_the_changes_applied_with_sentinel_set_converge_on_a_real_sentinel(sentinel):
+    client, conf = sentinel
+
+    def changes():
+        reply = client.execute_command("SENTINEL", "MASTER", "main")
+        flat = [item for pair in reply.items() for item in pair] if isinstance(reply, dict) else reply
+        return redis_sentinel_changes(flat, SETTINGS, conf.read_text(), "main", "sentinel-user",
+                                      "sentinel-password-0123456789")
+
+    first = changes()
+    # Sentinel's own failover-timeout default (180000) differs too; the quorum of the monitor line does not.
+    assert first[:6] == ["down-after-milliseconds", "5000", "failover-timeout", "60000", "parallel-syncs", "1"]
+    assert "auth-pass" in first
+    assert client.execute_command("SENTINEL", "SET", "main", *first) in ("OK", b"OK", True)
+    # Sentinel saved the credentials in its config and reports the values: the next run changes nothing.
+    assert changes() == []
+    assert client.execute_command("SENTINEL", "MASTER", "main")
