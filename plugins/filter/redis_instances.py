@@ -53,6 +53,8 @@ def redis_server_instances(instances, settings, engine, context):
             # one place its path is made (tasks/connection_files.yml writes them, every tool reads them).
             connection_files={user: f"{context['connection_dir']}/{name}-{user}.toml"
                               for user in context.get("users") or []},
+            # Written by the backup tool, read by the health checker.
+            backup_status_file=f"{context.get('backup_status_dir', '/var/lib/redis-infra/backup-status')}/{name}.json",
             dir=f"{engine['data_root']}/{name}",
             log_file=engine["log_file"].format(name=name),
             run_dir=run_dir,

@@ -24,7 +24,7 @@ def test_role_templates_load_in_the_checker(tmp_path):
     variables = {
         "redis_health_listen_address": "10.0.0.5", "redis_health_listen_port": 9122, "redis_health_interval": 30,
         "redis_health_thresholds": {"memory_degraded_percent": 80}, "redis_health_webhook_url": "",
-        "redis_health_backup_check": False, "redis_health_backup_status_dir": "/x",
+        "redis_health_backup_check": False,
         "redis_health_tls_cert_file": "/etc/redis-infra/tls/health.crt",
         "redis_health_tls_key_file": "/etc/redis-infra/tls/health.key",
         "redis_health_basic_auth_users": {"prometheus": "scrape-pass"},

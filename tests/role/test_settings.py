@@ -75,6 +75,7 @@ def test_the_role_derives_from_the_catalog_what_the_tests_read(tmp_path):
     instance = json.loads((rendered / "instances.json").read_text())[0]
     assert instance["connection_files"] == {user: f"/etc/redis-infra/connections/main-{user}.toml"
                                             for user in ("admin", "monitor", "backup")}
+    assert instance["backup_status_file"] == "/var/lib/redis-infra/backup-status/main.json"
 
 
 def test_every_setting_is_a_role_variable_with_a_spec_that_defaults_to_the_profile():
