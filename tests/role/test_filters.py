@@ -108,3 +108,17 @@ def test_tool_users_get_exactly_what_the_tools_declare():
     defaults = yaml.safe_load((ROOT / "roles/redis_server/defaults/main.yml").read_text())
     assert defaults["redis_server_monitor_acl"].split() == health.REQUIRED_ACL.split()
     assert defaults["redis_server_backup_acl"].split() == backup.REQUIRED_ACL.split()
+
+
+@pytest.mark.parametrize(("facts", "expected"), [
+    ({"virtualization_role": "guest", "virtualization_type": "docker"}, True),
+    ({"virtualization_role": "guest", "virtualization_type": "systemd-nspawn"}, True),
+    ({"virtualization_role": "guest", "virtualization_type": "kvm"}, False),
+    ({"virtualization_role": "host", "virtualization_type": "docker"}, False),
+    ({}, False),
+    (None, False),
+])
+def test_container_detection_is_one_filter_both_roles_use(facts, expected):
+    from redis_host import redis_is_container
+
+    assert redis_is_container(facts) is expected
