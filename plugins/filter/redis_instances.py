@@ -53,6 +53,10 @@ def redis_server_instances(instances, settings, engine, context):
             # one place its path is made (tasks/connection_files.yml writes them, every tool reads them).
             connection_files={user: f"{context['connection_dir']}/{name}-{user}.toml"
                               for user in context.get("users") or []},
+            # In a replication group: the name every host of it reports for this instance (the no-primary and
+            # split-brain alerts count its primaries) and how many replicas its primary should have.
+            replication_group=f"{context['replication_group']}.{name}" if context.get("replication_group") else None,
+            expected_replicas=int(context.get("expected_replicas", 0)) if context.get("replication_group") else None,
             # Written by the backup tool, read by the health checker.
             backup_status_file=f"{context.get('backup_status_dir', '/var/lib/redis-infra/backup-status')}/{name}.json",
             dir=f"{engine['data_root']}/{name}",

@@ -31,7 +31,8 @@ def test_role_templates_load_in_the_checker(tmp_path):
         "redis_health_web_config_file": "/etc/redis-infra/health-web.yml",
         "__redis_health_hashes": {"prometheus": hashed},
         "redis_server_instance_model": [{"name": "main", "connection_files": {
-            "monitor": "/etc/redis-infra/connections/main-monitor.toml"}}],
+            "monitor": "/etc/redis-infra/connections/main-monitor.toml"},
+            "replication_group": "redis_primary.main", "expected_replicas": 2}],
         "redis_server_connection_dir": "/etc/redis-infra/connections",
         "redis_server_monitor_user": "monitor",
         "redis_server_primary_group": "redis_primary",

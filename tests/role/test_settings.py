@@ -76,6 +76,7 @@ def test_the_role_derives_from_the_catalog_what_the_tests_read(tmp_path):
     assert instance["connection_files"] == {user: f"/etc/redis-infra/connections/main-{user}.toml"
                                             for user in ("admin", "monitor", "backup")}
     assert instance["backup_status_file"] == "/var/lib/redis-infra/backup-status/main.json"
+    assert instance["replication_group"] is None and instance["expected_replicas"] is None, "not replicated"
 
 
 def test_every_setting_is_a_role_variable_with_a_spec_that_defaults_to_the_profile():
@@ -123,3 +124,10 @@ def test_every_setting_reaches_the_rendered_file_and_the_server(tmp_path, how):
             assert client.config_get(directive) == {directive: shown}, f"{directive} ({how})"
     finally:
         server.stop()
+
+
+def test_the_model_names_the_replication_group_and_the_replicas_to_expect(tmp_path):
+    """A host of the replication groups (here the only host, as primary): what the health checker reports."""
+    rendered = render(tmp_path, {"redis_server_profile": "development", "redis_server_primary_group": "all"})
+    instance = json.loads((rendered / "instances.json").read_text())[0]
+    assert (instance["replication_group"], instance["expected_replicas"]) == ("all.main", 0)
