@@ -65,6 +65,12 @@ def redis_server_instances(instances, settings, engine, context):
             pidfile=f"{run_dir}/{server}.pid",
             unixsocket=f"{run_dir}/{server}.sock",
             dropin_dir=f"/etc/systemd/system/{engine['unit'].format(name=name)}.d",
+            # The engine's account and tools, as the other roles need them (the backup tool, restores).
+            user=engine["user"],
+            group=engine["group"],
+            cli=engine["cli"],
+            check_rdb=engine["check_rdb"],
+            check_aof=engine["check_aof"],
             extra=dict(context.get("extra") or {}, **(raw.get("extra") or {})),
             rename_commands=dict(context.get("rename_commands") or {}),
         )

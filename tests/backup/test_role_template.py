@@ -24,12 +24,12 @@ ANSIBLE = shutil.which("ansible-playbook", path=str(REPO / ".venv" / "bin")) or 
 def test_role_template_loads_in_the_tool_with_the_group(tmp_path):
     instance = {"name": "main", "connection_file": "/etc/redis-infra/connections/main-backup.toml",
                 "backup_dir": "/var/backups/redis/main", "status_file": "/var/lib/redis-infra/backup-status/main.json",
-                "dir": "/var/lib/redis/main"}
+                "dir": "/var/lib/redis/main", "check_rdb": "/usr/bin/redis-check-rdb",
+                "check_aof": "/usr/bin/redis-check-aof"}
     variables = {
         "instance": instance, "redis_backup_dir_group": "backupreaders", "redis_backup_keep_last": 7,
         "redis_backup_keep_daily_days": 14, "redis_backup_compression_level": 6,
         "redis_backup_offsite_destination": "",
-        "__redis_server_engine": {"check_rdb": "/usr/bin/redis-check-rdb", "check_aof": "/usr/bin/redis-check-aof"},
     }
     playbook = tmp_path / "render.yml"
     task = {"name": "Render backup.toml",
