@@ -190,7 +190,7 @@ def redis_server_not_in_sync(in_sync, addresses, topology):
 
 def redis_server_address(host_vars):
     """The address a host's instances replicate on, from its variables (tasks/facts.yml's rule)."""
-    resolved = host_vars.get("__redis_server_replication")
+    resolved = host_vars.get("redis_server_replication_model")
     if isinstance(resolved, dict) and resolved.get("address"):
         return str(resolved["address"])
     facts = host_vars.get("ansible_facts") or {}
@@ -203,7 +203,7 @@ def redis_server_unaddressed(host_vars_list):
     """The hosts among these whose replication address cannot be told without gathering their facts."""
     unknown = []
     for host_vars in host_vars_list:
-        resolved = host_vars.get("__redis_server_replication")
+        resolved = host_vars.get("redis_server_replication_model")
         facts = host_vars.get("ansible_facts") or {}
         if not ((isinstance(resolved, dict) and resolved.get("address"))
                 or host_vars.get("redis_server_replication_address")

@@ -36,7 +36,7 @@ def test_role_templates_load_in_the_checker(tmp_path):
         "redis_server_connection_dir": "/etc/redis-infra/connections",
         "redis_server_monitor_user": "monitor",
         "redis_server_primary_group": "redis_primary",
-        "__redis_server_replication": {"enabled": True, "hosts": ["redis-1", "redis-2", "redis-3"]},
+        "redis_server_replication_model": {"enabled": True, "hosts": ["redis-1", "redis-2", "redis-3"]},
     }
     playbook = tmp_path / "render.yml"
     templates = REPO / "roles/redis_health/templates"

@@ -178,7 +178,7 @@ def role_play(role: str) -> dict:
     ]
     if role == "redis_sentinel":
         # What playbooks/sentinel.yml's first play reports from the Redis hosts.
-        tasks.insert(0, {"ansible.builtin.set_fact": {"__redis_server_topology": {
+        tasks.insert(0, {"ansible.builtin.set_fact": {"redis_server_topology_model": {
             "main": {"address": "10.0.0.5", "port": 6379, "source": "inventory"}}}})
     rescue = [{"ansible.builtin.set_fact": {"__outcome": "{{ " + FAILURE_MESSAGE + " }}"}}]
     return {"name": f"Cases of {role}", "hosts": f"{role}_cases", "gather_facts": False,

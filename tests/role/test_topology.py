@@ -187,7 +187,7 @@ def test_follows_and_address_helpers():
     assert redis_server_follows(replica("a"), f"{ADDRESSES['a']} 6379")
     assert not redis_server_follows(replica("a"), f"{ADDRESSES['b']} 6379")
     assert not redis_server_follows(master(1), f"{ADDRESSES['a']} 6379")
-    resolved = {"__redis_server_replication": {"address": "10.1.1.1"}, "ansible_host": "x"}
+    resolved = {"redis_server_replication_model": {"address": "10.1.1.1"}, "ansible_host": "x"}
     assert redis_server_address(resolved) == "10.1.1.1"
     assert redis_server_address({"redis_server_replication_address": "10.2.2.2",
                                  "ansible_facts": {"default_ipv4": {"address": "10.3.3.3"}}}) == "10.2.2.2"
@@ -209,7 +209,7 @@ def test_in_sync_lists_the_replicas_whose_link_is_up():
 def test_hosts_whose_address_needs_their_facts():
     from redis_topology import redis_server_unaddressed
     assert redis_server_unaddressed([
-        {"inventory_hostname": "ran", "__redis_server_replication": {"address": "10.0.0.1"}},
+        {"inventory_hostname": "ran", "redis_server_replication_model": {"address": "10.0.0.1"}},
         {"inventory_hostname": "set", "redis_server_replication_address": "10.0.0.2"},
         {"inventory_hostname": "gathered", "ansible_facts": {"default_ipv4": {"address": "10.0.0.3"}}},
         {"inventory_hostname": "unknown", "ansible_host": "10.0.0.4"},
