@@ -21,7 +21,8 @@ def redis_server_instances(instances, settings, engine, context):
 
     instances: the redis_server_instances list; settings: profile values combined with the role
     variables that are set; engine: the engine's entry of _redis_server_engines; context: engine
-    name, profile, vcpus, extra directives, rename commands.
+    name, profile, vcpus, extra directives, rename commands, the follow, connection and backup-status
+    directories, the role's user names, and the replication group with its replica count (or none).
     """
     result = []
     for raw in instances:
@@ -58,7 +59,7 @@ def redis_server_instances(instances, settings, engine, context):
             replication_group=f"{context['replication_group']}.{name}" if context.get("replication_group") else None,
             expected_replicas=int(context.get("expected_replicas", 0)) if context.get("replication_group") else None,
             # Written by the backup tool, read by the health checker.
-            backup_status_file=f"{context.get('backup_status_dir', '/var/lib/redis-infra/backup-status')}/{name}.json",
+            backup_status_file=f"{context['backup_status_dir']}/{name}.json",
             dir=f"{engine['data_root']}/{name}",
             log_file=engine["log_file"].format(name=name),
             run_dir=run_dir,
