@@ -7,6 +7,8 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,56 @@ def redis_env():
     env = dict(os.environ)
     env.pop("REDISCLI_AUTH", None)
     return env
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A test CA (trustme) and a certificate it signed for 127.0.0.1 and localhost, as PEM files; the
+    certificate serves the servers and, as on the hosts, the clients that must show one."""
+    ca: object              # trustme.CA, to issue more certificates
+    directory: Path
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    other_ca_file: Path     # a CA that signed nothing here: "the wrong CA"
+
+    def issue(self, name: str, not_after: datetime | None = None,
+              names: tuple[str, ...] = ("127.0.0.1", "localhost")) -> tuple[Path, Path]:
+        """Another certificate for `names` (ending at not_after): (cert file, key file)."""
+        leaf = self.ca.issue_cert(*names, not_after=not_after)
+        cert, key = self.directory / f"{name}.crt", self.directory / f"{name}.key"
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+        return cert, key
+
+    def server_config(self, port: int, clients: str = "optional", cert_file: Path | None = None,
+                      key_file: Path | None = None) -> str:
+        """Config lines that make a redis-server (or a Sentinel) serve TLS only, on `port`, as the roles
+        configure it; clients: optional, or yes to require client certificates."""
+        return (f"port 0\ntls-port {port}\ntls-cert-file {cert_file or self.cert_file}\n"
+                f"tls-key-file {key_file or self.key_file}\ntls-ca-cert-file {self.ca_file}\n"
+                f"tls-auth-clients {clients}\ntls-protocols \"TLSv1.2 TLSv1.3\"\ntls-replication yes\n")
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory) -> TLSFiles:
+    trustme = pytest.importorskip("trustme")
+    directory = tmp_path_factory.mktemp("tls")
+    ca, other = trustme.CA(), trustme.CA()
+    ca.cert_pem.write_to_path(str(directory / "ca.crt"))
+    other.cert_pem.write_to_path(str(directory / "other-ca.crt"))
+    files = TLSFiles(ca, directory, directory / "ca.crt", directory / "server.crt", directory / "server.key",
+                     directory / "other-ca.crt")
+    files.issue("server")
+    return files
+
+
+@pytest.fixture
+def tls_redis_factory(redis_factory, tls_files):
+    """Start redis-server processes that serve only TLS: `tls_redis_factory(extra_config_lines, clients=...)`
+    (see TLSFiles.server_config); the fixture's plain TCP connect finds the TLS port listening."""
+    def make(extra: str = "", **tls) -> RedisProcess:
+        port = free_port()
+        return redis_factory(tls_files.server_config(port, **tls) + extra, port=port)
+
+    return make
