@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,35 @@ def test_the_installed_module_runs_commands_on_a_real_server(installed, redis_fa
     outcome = json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
     assert outcome["responses"] == ["OK", "v"]
     assert "installed-collection-secret" not in result.stdout
+
+
+def test_the_installed_module_speaks_tls_and_fails_at_once_on_a_certificate_it_does_not_trust(
+        installed, tls_redis_factory, tls_files, tmp_path):
+    """A TLS-only server (port 0, tls-port) and a connection file that names no socket: the module speaks TLS
+    with the CA; with the wrong CA it fails at once although it was told to wait."""
+    server = tls_redis_factory("requirepass installed-collection-secret\n")
+    installed = dict(installed, env=dict(installed["env"], ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+                                         ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json"))
+
+    def run(ca_file):
+        connection = tmp_path / "main-admin-tls.toml"
+        connection.write_text(f'name = "main"\nhost = "127.0.0.1"\nport = {server.port}\nunix_socket = ""\n'
+                              'username = "default"\npassword = "installed-collection-secret"\n'
+                              f'tls = true\ntls_ca_file = "{ca_file}"\ntls_check_hostname = true\n')
+        connection.chmod(0o600)
+        args = json.dumps({"connection_file": str(connection), "commands": [["SET", "k", "tls"], ["GET", "k"]],
+                           "wait": 30})
+        result = _run(installed, _tool("ansible"), "localhost", "-c", "local", "-i", "localhost,",
+                      "-e", f"ansible_python_interpreter={sys.executable}", "-m", "redis_infra.redis.redis_command",
+                      "-a", args)
+        assert "installed-collection-secret" not in result.stdout
+        return result, json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+    result, outcome = run(tls_files.ca_file)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert outcome["responses"] == ["OK", "tls"]
+    started = time.monotonic()
+    result, outcome = run(tls_files.other_ca_file)
+    assert result.returncode != 0 and outcome["failed"], result.stdout
+    assert "does not answer PING" in outcome["msg"] and "certificate verify failed" in outcome["msg"], outcome["msg"]
+    assert time.monotonic() - started < 20, "it waited for a certificate to change"

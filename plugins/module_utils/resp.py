@@ -1,14 +1,39 @@
 # Copyright: redis-infra contributors
 # MIT License (see LICENSE)
-"""A minimal RESP2 client for the collection's modules: no client library is needed on the hosts."""
+"""A minimal RESP2 client for the collection's modules: no client library is needed on the hosts.
+
+`settings` is a parsed connection file (redis_infra/connection.py documents its fields). The unix
+socket is plain; TCP speaks TLS when `tls` is true: TLS 1.2 or later, the server's certificate
+verified against `tls_ca_file` (the system's CAs when absent) and, unless `tls_check_hostname` is
+false, for `host`; `tls_cert_file` and `tls_key_file` are the client certificate, when one is asked.
+"""
 
 from __future__ import annotations
 
 import socket
+import ssl
 
 
 class RedisReplyError(Exception):
     pass
+
+
+class TLSFilesError(Exception):
+    """The CA bundle or the client certificate of the settings cannot be loaded."""
+
+
+def tls_context(settings):
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.get("tls_ca_file"))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = settings.get("tls_check_hostname", True)
+        if settings.get("tls_cert_file"):
+            context.load_cert_chain(settings["tls_cert_file"], settings.get("tls_key_file"))
+    except OSError as exc:
+        files = ", ".join(f"{key} {settings[key]}" for key in ("tls_ca_file", "tls_cert_file", "tls_key_file")
+                          if settings.get(key))
+        raise TLSFilesError(f"cannot load the TLS files ({files or 'the system CAs'}): {exc}") from None
+    return context
 
 
 class Connection:
@@ -23,8 +48,15 @@ class Connection:
                 self.sock.close()
                 path = None
         if not path:
-            address = (settings.get("host", "127.0.0.1"), settings.get("port", 6379))
-            self.sock = socket.create_connection(address, timeout)
+            context = tls_context(settings) if settings.get("tls") else None
+            host = settings.get("host", "127.0.0.1")
+            self.sock = socket.create_connection((host, settings.get("port", 6379)), timeout)
+            if context is not None:
+                try:
+                    self.sock = context.wrap_socket(self.sock, server_hostname=host)
+                except Exception:
+                    self.sock.close()
+                    raise
         self.buffer = b""
 
     def close(self):

@@ -17,6 +17,12 @@ description:
     through task arguments, process lists or logs.
   - Speaks RESP over the instance's unix socket (or TCP when the file names no socket, or the socket
     cannot be reached), with no client library needed on the host.
+  - Over TCP it speaks TLS when the file says C(tls = true) (the unix socket is always plain), TLS 1.2 or later.
+    The server's certificate is verified against the CA bundle C(tls_ca_file) (the system's CAs when the file
+    names none) and, unless C(tls_check_hostname = false), must name C(host). C(tls_cert_file) and
+    C(tls_key_file) are the client certificate and its key, for a server that requires one
+    (C(tls-auth-clients yes)).
+  - A certificate the CA does not verify, or TLS files that cannot be loaded, fail the task at once (no wait).
   - Waits, when asked, for an instance that is starting or still loading its data set.
 options:
   connection_file:
@@ -88,11 +94,12 @@ responses:
   sample: [["master", 1234, []], "OK"]
 """
 
+import ssl
 import time
 import tomllib
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.redis_infra.redis.plugins.module_utils.resp import RedisReplyError, connect
+from ansible_collections.redis_infra.redis.plugins.module_utils.resp import RedisReplyError, TLSFilesError, connect
 
 
 def main():
@@ -125,9 +132,12 @@ def main():
             except Exception:
                 conn.close()
                 raise
-        except (OSError, ConnectionError, RedisReplyError) as exc:
+        except (OSError, ConnectionError, RedisReplyError, TLSFilesError) as exc:
             last_error = str(exc)
-            retryable = not isinstance(exc, RedisReplyError) or exc.args[0].startswith(("LOADING", "BUSY"))
+            if isinstance(exc, RedisReplyError):
+                retryable = exc.args[0].startswith(("LOADING", "BUSY"))
+            else:  # waiting does not change a certificate or the files that verify it
+                retryable = not isinstance(exc, ssl.SSLCertVerificationError | TLSFilesError)
             if not retryable or time.monotonic() >= deadline:
                 module.fail_json(msg=f"instance {settings.get('name', '?')} does not answer PING: {last_error}")
             time.sleep(0.5)
