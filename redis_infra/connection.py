@@ -38,6 +38,10 @@ class ConnectionFileError(Exception):
     """A connection file is missing, unreadable or malformed; the message says which and why."""
 
 
+class TLSFilesError(ConnectionFileError):
+    """The CA bundle or the client certificate a connection file names cannot be loaded."""
+
+
 @dataclass(frozen=True)
 class ConnectionSettings:
     name: str
@@ -91,12 +95,17 @@ class ConnectionSettings:
     def ssl_context(self) -> ssl.SSLContext:
         """A client context for a socket of one's own (wrap it with server_hostname=host): TLS 1.2 or
         later, the server verified against tls_ca_file, the client certificate when there is one.
-        Raises OSError (ssl.SSLError included) when a file cannot be read or loaded."""
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.tls_ca_file)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.check_hostname = self.tls_check_hostname
-        if self.tls_cert_file:
-            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        Raises TLSFilesError, naming the files, when one cannot be read or loaded."""
+        try:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.tls_ca_file)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.check_hostname = self.tls_check_hostname
+            if self.tls_cert_file:
+                context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        except OSError as exc:  # ssl.SSLError included
+            files = ", ".join(f"{key} {getattr(self, key)}" for key in ("tls_ca_file", "tls_cert_file", "tls_key_file")
+                              if getattr(self, key))
+            raise TLSFilesError(f"cannot load the TLS files ({files or 'the system CAs'}): {exc}") from None
         return context
 
 

@@ -26,6 +26,11 @@ password):
     include_file = "/etc/redis/replicaof-main.conf"
     group = "redis"                    # the server's group: it reads the include file
     wait = 5.0                         # seconds to wait for a majority
+    tls = true                         # optional: the Sentinels serve TLS only
+    tls_ca_file = "/etc/redis-infra/tls/ca.crt"          # optional, and the three below: as in a
+    tls_cert_file = "/etc/redis-infra/tls/server.crt"    # connection file (redis_infra/connection.py),
+    tls_key_file = "/etc/redis-infra/tls/server.key"     # for every Sentinel of the file
+    tls_check_hostname = true
     [[sentinels]]
     host = "10.0.0.1"
     port = 26379
@@ -49,7 +54,7 @@ import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .connection import read_private
+from .connection import TLS_FIELDS, ConnectionSettings, TLSFilesError, check_tls, read_private
 
 HEADER = ("# Managed by redis-infra: the primary this instance follows when it starts. Written by\n"
           "# redis-infra-follow from the Sentinels' majority before each start.\n"
@@ -80,6 +85,16 @@ class FollowConfig:
     group: str
     wait: float = 5.0
     sentinels: tuple[Sentinel, ...] = field(default_factory=tuple)
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_check_hostname: bool = True
+
+    def connection(self, sentinel: Sentinel) -> ConnectionSettings:
+        """How to reach one Sentinel: its address and password, with the file's TLS settings."""
+        return ConnectionSettings(name=self.name, host=sentinel.host, port=sentinel.port, password=sentinel.password,
+                                  **{key: getattr(self, key) for key in TLS_FIELDS})
 
 
 @dataclass(frozen=True)
@@ -133,10 +148,12 @@ def parse(text: str, source: str = "<string>") -> FollowConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise FollowConfigError(f"{source}: not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - set(_REQUIRED) - {"wait", "sentinels"})
+    unknown = sorted(set(data) - set(_REQUIRED) - set(TLS_FIELDS) - {"wait", "sentinels"})
     if unknown:
         raise FollowConfigError(f"{source}: unknown field(s) {', '.join(unknown)}")
     values = {key: _check(data, key, kind, source) for key, kind in _REQUIRED.items()}
+    tls = {key: _check(data, key, kind, source, required=False) for key, kind in TLS_FIELDS.items() if key in data}
+    check_tls(data, source, FollowConfigError)
     wait = _check(data, "wait", float, source, required=False)
     if wait is not None and not 0 <= wait <= 300:
         raise FollowConfigError(f"{source}: field 'wait' must be 0-300 seconds, got {wait}")
@@ -158,7 +175,7 @@ def parse(text: str, source: str = "<string>") -> FollowConfig:
     for port in [values["port"]] + [s.port for s in sentinels]:
         if not 1 <= port <= 65535:
             raise FollowConfigError(f"{source}: port {port} is not 1-65535")
-    return FollowConfig(**values, wait=5.0 if wait is None else wait, sentinels=tuple(sentinels))
+    return FollowConfig(**values, wait=5.0 if wait is None else wait, sentinels=tuple(sentinels), **tls)
 
 
 def load(path: str) -> FollowConfig:
@@ -167,24 +184,28 @@ def load(path: str) -> FollowConfig:
     config = parse(text, path)
     if any(s.password for s in config.sentinels) and mode & (stat.S_IRGRP | stat.S_IROTH):
         raise FollowConfigError(f"{path}: holds a password but others can read it; chmod 0600")
+    if config.tls:
+        try:
+            config.connection(config.sentinels[0]).ssl_context()
+        except TLSFilesError as exc:  # redis-py would say "Error 2 connecting to ..." for every Sentinel
+            raise FollowConfigError(f"{path}: {exc}") from None
     return config
 
 
-def ask(sentinel: Sentinel, name: str, timeout: float) -> tuple[tuple[str, int] | None, str]:
+def ask(sentinel: ConnectionSettings, name: str, timeout: float) -> tuple[tuple[str, int] | None, str]:
     """One Sentinel's answer for the instance `name`, and what to say about it in the journal."""
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     # No retries (redis-py >= 5 retries with backoff by default): the poll loop asks again itself.
-    client = redis.Redis(host=sentinel.host, port=sentinel.port, password=sentinel.password,
-                         socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True,
-                         retry=Retry(NoBackoff(), 0), retry_on_error=[])
+    client = sentinel.client(timeout, prefer_socket=False, retry=Retry(NoBackoff(), 0), retry_on_error=[])
     try:
         reply = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", name)
     except redis.RedisError as exc:
-        # The exception's text names the server's reply (WRONGPASS, connection refused), never the password.
-        return None, f"{type(exc).__name__}: {str(exc)[:120]}"
+        # The exception's text names the server's reply (WRONGPASS, connection refused, the certificate
+        # that was not accepted), never the password.
+        return None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:240]}"
     finally:
         client.close()
     if not reply or len(reply) != 2:
@@ -200,7 +221,7 @@ def poll(config: FollowConfig, timeout: float = 1.0, sleep=time.sleep, clock=tim
     last answer of each Sentinel."""
     end = clock() + config.wait
     while True:
-        results = [ask(sentinel, config.name, timeout) for sentinel in config.sentinels]
+        results = [ask(config.connection(sentinel), config.name, timeout) for sentinel in config.sentinels]
         decision = decide([answer for answer, _ in results], len(config.sentinels))
         if decision.primary is not None or clock() >= end:
             return decision, {s.address: said for s, (_, said) in zip(config.sentinels, results, strict=True)}

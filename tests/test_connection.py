@@ -120,5 +120,11 @@ def test_ssl_context_for_a_raw_socket(tls_redis_factory, tls_files):
     with socket.create_connection(("127.0.0.1", server.port), 5) as raw, \
             pytest.raises(ssl.SSLCertVerificationError):
         wrong.wrap_socket(raw, server_hostname="127.0.0.1")
-    with pytest.raises(OSError):
-        _settings(server.port, tls_files, tls_ca_file=str(tls_files.directory / "missing.crt")).ssl_context()
+    missing = tls_files.directory / "missing.crt"
+    with pytest.raises(connection.TLSFilesError, match=re.escape(f"cannot load the TLS files (tls_ca_file {missing}, "
+                                                                 f"tls_cert_file {tls_files.cert_file}, tls_key_file")):
+        _settings(server.port, tls_files, tls_ca_file=str(missing), tls_cert_file=str(tls_files.cert_file),
+                  tls_key_file=str(tls_files.key_file)).ssl_context()
+    with pytest.raises(connection.TLSFilesError, match="cannot load the TLS files .*tls_key_file"):
+        _settings(server.port, tls_files, tls_cert_file=str(tls_files.cert_file),
+                  tls_key_file=str(tls_files.ca_file)).ssl_context()

@@ -50,6 +50,23 @@ def test_a_majority_naming_this_instance_makes_it_the_primary():
     assert follow.render(("10.0.0.9", 6379)).endswith("\nreplicaof 10.0.0.9 6379\n")
 
 
+VALID = 'name = "m"\naddress = "a"\nport = 6379\ninclude_file = "/x"\ngroup = "g"\n'
+SENTINEL = '[[sentinels]]\nhost = "h"\n'
+
+
+def test_tls_applies_to_every_sentinel():
+    config = follow.parse(VALID + 'tls = true\ntls_ca_file = "/ca.crt"\ntls_cert_file = "/c.crt"\n'
+                                  'tls_key_file = "/c.key"\ntls_check_hostname = false\n'
+                                  + SENTINEL + '[[sentinels]]\nhost = "h2"\nport = 26380\npassword = "pw"\n')
+    second = config.connection(config.sentinels[1])
+    assert (second.host, second.port, second.password) == ("h2", 26380, "pw")
+    assert second.tls_kwargs() == {"ssl": True, "ssl_ca_certs": "/ca.crt", "ssl_certfile": "/c.crt",
+                                   "ssl_keyfile": "/c.key", "ssl_cert_reqs": "required", "ssl_check_hostname": False}
+    assert config.connection(config.sentinels[0]).tls_kwargs() == second.tls_kwargs()
+    plain = follow.parse(VALID + SENTINEL)
+    assert plain.tls is False and plain.connection(plain.sentinels[0]).tls_kwargs() == {}
+
+
 @pytest.mark.parametrize("text, message", [
     ("", "field 'name' is required"),
     ('name = "m"\naddress = "a"\nport = "6379"\ninclude_file = "/x"\ngroup = "g"\n', "field 'port' must be int"),
@@ -62,23 +79,31 @@ def test_a_majority_naming_this_instance_makes_it_the_primary():
      '[[sentinels]]\nhost = "h"\npasswd = "x"\n', "sentinels[0]: unknown field(s) passwd"),
     ('name = "m"\nadress = "a"\n', "unknown field(s) adress"),
     ("name = ", "not valid TOML"),
+    (VALID + 'tls_ca_file = "/ca.crt"\n' + SENTINEL, "field(s) tls_ca_file need tls = true"),
+    (VALID + 'tls = true\ntls_key_file = "/k"\n' + SENTINEL, "fields 'tls_cert_file' and 'tls_key_file' go together"),
+    (VALID + 'tls = true\ntls_check_hostname = "yes"\n' + SENTINEL, "field 'tls_check_hostname' must be bool"),
+    (VALID + 'tls = 1\n' + SENTINEL, "field 'tls' must be bool, got int"),
 ])
 def test_bad_config_is_refused_naming_the_field(text, message):
     with pytest.raises(follow.FollowConfigError, match=re.escape(message)):
         follow.parse(text, "follow.toml")
 
 
-def _start_sentinel(tmp_path: Path, primary_port: int, password: str = SENTINEL_PASSWORD):
+def _start_sentinel(tmp_path: Path, primary_port: int, password: str = SENTINEL_PASSWORD, tls=None):
+    """A Sentinel monitoring 127.0.0.1:primary_port as "main"; with tls (tests.conftest.TLSFiles), one that
+    serves only TLS and reaches the primary through TLS, as the roles configure it."""
     port = free_port()
     workdir = tmp_path / f"sentinel-{port}"
     workdir.mkdir()
     conf = workdir / "sentinel.conf"
     conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {workdir}\nrequirepass {password}\n"
-                    f"sentinel monitor main 127.0.0.1 {primary_port} 2\n"
+                    + (tls.server_config(port) if tls else "")
+                    + f"sentinel monitor main 127.0.0.1 {primary_port} 2\n"
                     f"sentinel down-after-milliseconds main 60000\n")
     proc = subprocess.Popen([REDIS_SERVER, str(conf), "--sentinel"], cwd=workdir,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port, password=password, socket_timeout=1)
+    secure = {"ssl": True, "ssl_ca_certs": str(tls.ca_file)} if tls else {}
+    client = redis.Redis(port=port, password=password, socket_timeout=1, **secure)
     for _ in range(100):
         try:
             client.ping()
@@ -101,11 +126,11 @@ def group(redis_factory, tmp_path):
         proc.wait(10)
 
 
-def _config(tmp_path: Path, port: int, sentinel_ports, password=SENTINEL_PASSWORD, wait=0.0) -> Path:
+def _config(tmp_path: Path, port: int, sentinel_ports, password=SENTINEL_PASSWORD, wait=0.0, tls=()) -> Path:
     include = tmp_path / f"replicaof-{port}.conf"
     path = tmp_path / f"follow-{port}.toml"
     lines = ['name = "main"', 'address = "127.0.0.1"', f"port = {port}", f'include_file = "{include}"',
-             f'group = "{GROUP}"', f"wait = {wait}"]
+             f'group = "{GROUP}"', f"wait = {wait}", *tls]
     for sentinel_port in sentinel_ports:
         lines += ["[[sentinels]]", 'host = "127.0.0.1"', f"port = {sentinel_port}"]
         if password:
@@ -186,3 +211,50 @@ def test_a_config_readable_by_others_or_an_unwritable_include_stops_the_start(gr
     result = _run(config)
     assert result.returncode == 1, result.stderr
     assert "cannot write" in result.stderr and "not starting" in result.stderr
+
+
+@pytest.fixture
+def tls_group(tls_redis_factory, tls_files, tmp_path):
+    """A primary and a Sentinel monitoring it, both serving only TLS."""
+    primary = tls_redis_factory()
+    sentinel, port = _start_sentinel(tmp_path, primary.port, tls=tls_files)
+    yield primary, port
+    sentinel.terminate()
+    sentinel.wait(10)
+
+
+def _tls_lines(ca_file) -> list[str]:
+    return ["tls = true", f'tls_ca_file = "{ca_file}"', "tls_check_hostname = true"]
+
+
+def test_a_sentinel_serving_only_tls_answers_through_tls(tls_group, tls_files, tmp_path):
+    primary, sentinel_port = tls_group
+    result = _run(_config(tmp_path, 6390, [sentinel_port], tls=_tls_lines(tls_files.ca_file)))
+    assert result.returncode == 0, result.stderr
+    assert f"starts as replica of 127.0.0.1:{primary.port} (1 of 1 Sentinels)" in result.stderr
+    assert (tmp_path / "replicaof-6390.conf").read_text().endswith(f"\nreplicaof 127.0.0.1 {primary.port}\n")
+
+
+def test_without_the_ca_that_signed_the_sentinel_there_is_no_answer_and_the_journal_says_why(
+        tls_group, tls_files, tmp_path):
+    primary, sentinel_port = tls_group
+    include = tmp_path / "replicaof-6390.conf"
+    include.write_text(follow.render(("127.0.0.1", primary.port)))
+    result = _run(_config(tmp_path, 6390, [sentinel_port], tls=_tls_lines(tls_files.other_ca_file)))
+    assert result.returncode == 0, result.stderr
+    assert "no majority of the 1 Sentinels (1 needed)" in result.stderr
+    assert f"127.0.0.1:{sentinel_port}: ConnectionError" in result.stderr
+    assert "certificate verify failed" in result.stderr, result.stderr
+    assert include.read_text() == follow.render(None)
+    # Plain TCP to it: no answer either.
+    plain = _run(_config(tmp_path, 6390, [sentinel_port]))
+    assert plain.returncode == 0 and "no majority" in plain.stderr, plain.stderr
+    assert SENTINEL_PASSWORD not in result.stderr + plain.stderr
+
+
+def test_tls_files_that_cannot_be_loaded_stop_the_start_naming_them(tls_group, tmp_path):
+    _, sentinel_port = tls_group
+    missing = tmp_path / "no-ca.crt"
+    result = _run(_config(tmp_path, 6390, [sentinel_port], tls=_tls_lines(missing)))
+    assert result.returncode == 2, result.stderr
+    assert f"cannot load the TLS files (tls_ca_file {missing})" in result.stderr
