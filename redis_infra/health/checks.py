@@ -7,6 +7,12 @@ the connection and evaluates every check. Each socket operation is bounded by th
 timeout, the connection is never reused and redis-py's retries are off, so a hung server costs at
 most one timeout per cycle.
 
+When the connection file says `tls = true`, the checker also reads the certificate served on the TCP
+port (whichever way the check itself connected): one TLS handshake, verified as the tools' own
+connections are and with no command sent, at most every TLS_PROBE_INTERVAL seconds (and after a
+restart), within what is left of the instance's timeout. Between handshakes the `tls_certificate`
+check counts the days left from the notAfter it read.
+
 The `evaluate_*` functions are pure: they take parsed INFO fields and return a CheckResult.
 """
 
@@ -16,6 +22,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +41,8 @@ from .info import (
 
 SLOWLOG_FETCH = 128          # entries fetched per cycle (Redis' default slowlog-max-len)
 BACKUP_STATUS_MAX_BYTES = 65536
+TLS_PROBE_INTERVAL = 300.0   # seconds between two handshakes that read an instance's certificate
+TLS_PROBE_MIN_BUDGET = 0.05  # seconds of the timeout a handshake needs left, or it waits for the next cycle
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,7 @@ class InstanceResult:
     counters: dict[str, float] = field(default_factory=dict)   # checker's own cumulative counters
     replication_group: str | None = None
     timed_out: bool = False
+    tls_certificate_expiry: float | None = None   # notAfter (epoch) of the certificate on the TLS port
 
     @property
     def status(self) -> str:
@@ -100,6 +110,17 @@ class InstanceResult:
         }
 
 
+@dataclass(frozen=True)
+class TLSProbe:
+    """What the last TLS handshake with an instance's TCP port found: the served certificate's notAfter
+    (epoch seconds), or why there was none."""
+    address: str
+    monotonic: float                 # when, to know when the next one is due
+    time: float                      # when, epoch seconds
+    not_after: float | None = None
+    error: str | None = None
+
+
 @dataclass
 class InstanceState:
     """What the checker remembers between cycles of one instance (used by one thread at a time)."""
@@ -108,6 +129,7 @@ class InstanceState:
     slowlog_last_id: int | None = None
     rejected_connections: int | None = None
     evicted_keys: int | None = None
+    tls_probe: TLSProbe | None = None
     counters: dict[str, float] = field(default_factory=lambda: {
         "checks": 0.0, "check_failures": 0.0, "commands": 0.0, "slow_queries": 0.0})
 
@@ -326,6 +348,28 @@ def evaluate_slowlog(new_entries: list[SlowEntry], thresholds: Thresholds, first
                        f"{len(slow)} queries >= {thresholds.slowlog_threshold_ms:g} ms {since}")
 
 
+def evaluate_tls_certificate(probe: TLSProbe, thresholds: Thresholds, now: float) -> CheckResult:
+    """Days until the certificate a handshake read expires (fewer is worse); unhealthy when the handshake
+    failed, since a TCP client would fail the same way."""
+    degraded, unhealthy = thresholds.tls_expiry_degraded_days, thresholds.tls_expiry_unhealthy_days
+    threshold = {"degraded": degraded, "unhealthy": unhealthy}
+    details = {"address": probe.address, "probed_at": _iso(probe.time)}
+    if probe.not_after is None:
+        return CheckResult("tls_certificate", UNHEALTHY, None, threshold,
+                           f"TLS handshake with {probe.address} failed: {probe.error}", "d", details)
+    details["not_after"] = _iso(probe.not_after)
+    left = probe.not_after - now
+    days = left / 86400
+    status = UNHEALTHY if days < unhealthy else DEGRADED if days < degraded else HEALTHY
+    if left > 0:
+        reason = f"the certificate on {probe.address} expires in {_duration(left)} ({_iso(probe.not_after)})"
+    else:
+        reason = f"the certificate on {probe.address} expired {_duration(-left)} ago ({_iso(probe.not_after)})"
+    if status != HEALTHY:
+        reason += f", below the {status} threshold of {threshold[status]:g} days"
+    return CheckResult("tls_certificate", status, round(days, 2), threshold, reason, "d", details)
+
+
 def read_backup_status(path: str) -> dict:
     """The backup status JSON (`time` ISO-8601 or epoch, `result` ok/failed, `file`, `size`, ...).
     Raises FileNotFoundError, OSError or ValueError (with a readable message)."""
@@ -442,11 +486,40 @@ def describe_error(exc: BaseException, timeout: float) -> str:
         return f"auth failed: {text}"
     if isinstance(exc, getattr(rex, "NoPermissionError", ())) or upper.startswith("NOPERM") or " NOPERM" in upper:
         return f"permission denied (check the monitoring ACL user): {text}"
+    if "[SSL" in text or isinstance(exc, ssl.SSLError):
+        return f"TLS failed (the server's certificate, tls_ca_file or the client certificate): {text}"
     if isinstance(exc, rex.TimeoutError | socket.timeout):
         return f"timed out after {timeout:g} s: {text}"
     if isinstance(exc, rex.ConnectionError | OSError):
         return f"cannot connect: {text}"
     return f"{type(exc).__name__}: {text}"
+
+
+def probe_certificate(settings: connection.ConnectionSettings, timeout: float) -> TLSProbe:
+    """One TLS handshake with host:port, verified as the tools' connections are (no AUTH, no command):
+    the served certificate's notAfter. Connecting and the handshake take at most `timeout` together."""
+    started, now = time.monotonic(), time.time()
+    deadline = started + timeout
+    address = settings.address
+
+    def failed(error: str) -> TLSProbe:
+        return TLSProbe(address, started, now, error=error)
+
+    try:
+        context = settings.ssl_context()
+        with socket.create_connection((settings.host, settings.port), timeout) as raw:
+            raw.settimeout(max(deadline - time.monotonic(), 0.001))
+            with context.wrap_socket(raw, server_hostname=settings.host) as tls:
+                certificate = tls.getpeercert()
+    except connection.TLSFilesError as exc:
+        return failed(str(exc))
+    except ssl.SSLCertVerificationError as exc:
+        return failed(f"certificate not accepted: {exc.verify_message}")
+    except TimeoutError:
+        return failed(f"no answer within {timeout:.2f} s")
+    except OSError as exc:
+        return failed(" ".join(str(exc).split()) or type(exc).__name__)
+    return TLSProbe(address, started, now, not_after=ssl.cert_time_to_seconds(certificate["notAfter"]))
 
 
 def _raw_connection(settings: connection.ConnectionSettings, timeout: float):
@@ -513,6 +586,19 @@ class InstanceChecker:
         result.counters = dict(counters)
         return result
 
+    def tls_check(self, now: float) -> CheckResult | None:
+        probe = self.state.tls_probe
+        return evaluate_tls_certificate(probe, self.config.thresholds, now) if probe is not None else None
+
+    def _probe_tls(self, settings: connection.ConnectionSettings, started: float, restarted: bool) -> None:
+        """Read the certificate on the TLS port when it is due, within what is left of the timeout."""
+        probe = self.state.tls_probe
+        due = (probe is None or probe.address != settings.address or restarted
+               or time.monotonic() - probe.monotonic >= TLS_PROBE_INTERVAL)
+        budget = self.config.timeout - (time.monotonic() - started)
+        if due and budget >= TLS_PROBE_MIN_BUDGET:
+            self.state.tls_probe = probe_certificate(settings, budget)
+
     def backup_check(self, now: float) -> tuple[CheckResult | None, dict | None]:
         if not self.instance.backup_status_file:
             return None, None
@@ -522,13 +608,18 @@ class InstanceChecker:
         """The result published when a check did not finish in time (the server hangs)."""
         checks = [CheckResult("connection", "unhealthy", None, {"timeout_seconds": self.config.timeout},
                               f"check did not finish within {waited:.1f} s (server hung or unreachable)", "ms")]
-        backup, summary = self.backup_check(time.time())
+        now = time.time()
+        probe = self.state.tls_probe
+        tls = self.tls_check(now)
+        if tls:
+            checks.append(tls)
+        backup, summary = self.backup_check(now)
         if backup:
             checks.append(backup)
         result = InstanceResult(name=self.instance.name, address="", checks=checks, time=started_wall,
                                 duration=waited, up=False, backup=summary,
                                 counters=dict(self.state.counters), replication_group=self.instance.replication_group,
-                                timed_out=True)
+                                timed_out=True, tls_certificate_expiry=probe.not_after if probe else None)
         return result
 
     def run(self) -> InstanceResult:
@@ -546,9 +637,15 @@ class InstanceChecker:
         backup, backup_summary = self.backup_check(now)
 
         def finish(up: bool, **extra) -> InstanceResult:
+            # the certificate's last known end, also while the server does not answer
+            probe = self.state.tls_probe
+            tls = self.tls_check(now)
+            if tls:
+                checks.append(tls)
             if backup:
                 checks.append(backup)
-            return self._result(checks, started, now, address, up, backup=backup_summary, **extra)
+            return self._result(checks, started, now, address, up, backup=backup_summary,
+                                tls_certificate_expiry=probe.not_after if probe else None, **extra)
 
         address = ""
         try:
@@ -556,9 +653,18 @@ class InstanceChecker:
         except connection.ConnectionFileError as exc:
             checks.append(CheckResult("connection", UNHEALTHY, None, conn_threshold, f"connection file: {exc}", "ms"))
             return finish(False)
+        if not settings.tls:
+            self.state.tls_probe = None
         use_socket = bool(settings.unix_socket) and os.access(settings.unix_socket, os.R_OK | os.W_OK)
         address = settings.unix_socket if use_socket else settings.address
         user = settings.username or "default"
+        if settings.tls and not use_socket:
+            try:    # redis-py would only say "Error 2 connecting to ..."
+                settings.ssl_context()
+            except connection.TLSFilesError as exc:
+                checks.append(CheckResult("connection", UNHEALTHY, None, conn_threshold,
+                                          f"connection file {self.instance.connection_file}: {exc}", "ms"))
+                return finish(False)
 
         conn = None
         session = None
@@ -655,6 +761,8 @@ class InstanceChecker:
         self.state.uptime = to_int(info.get("uptime_in_seconds"))
         self.state.rejected_connections = rejected
         self.state.evicted_keys = evicted
+        if settings.tls:
+            self._probe_tls(settings, started, restarted)
 
         newest = entries[0] if entries else None
         return finish(True, info=info,

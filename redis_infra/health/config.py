@@ -62,15 +62,19 @@ THRESHOLD_DEFAULTS: dict[str, float] = {
     "last_save_degraded_seconds": 0.0,      # time since last RDB save with unsaved changes; 0 = off
     "rejected_connections_degraded": 1.0,   # rejected connections since the last check; 0 = off
     "evicted_keys_degraded": 1.0,           # evicted keys since the last check; 0 = off
+    "tls_expiry_degraded_days": 21.0,       # days until the certificate on the TLS port expires
+    "tls_expiry_unhealthy_days": 7.0,       # (instances whose connection file says tls = true)
 }
 
-# Pairs that must be ordered degraded <= unhealthy.
+# Pairs (low, high) that must be ordered low <= high: degraded <= unhealthy, except where less is worse
+# (the days a certificate has left).
 _THRESHOLD_PAIRS = (
     ("memory_degraded_percent", "memory_unhealthy_percent"),
     ("clients_degraded_percent", "clients_unhealthy_percent"),
     ("ping_degraded_ms", "ping_unhealthy_ms"),
     ("replication_lag_degraded_seconds", "replication_lag_unhealthy_seconds"),
     ("backup_age_degraded_seconds", "backup_age_unhealthy_seconds"),
+    ("tls_expiry_unhealthy_days", "tls_expiry_degraded_days"),
 )
 
 _INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
 from . import STATUS_CODES
+from .checks import TLS_PROBE_INTERVAL
 from .info import commandstats, errorstats, keyspace, replicas, to_float
 
 INSTANCE_LABEL = "redis_instance"
@@ -185,6 +186,11 @@ def _instance_families(out: _Families, result) -> None:
                       1 if backup["success"] else 0)
         out.gauge("redis_infra_backup_size_bytes", "Size of the last backup", base, backup.get("size"))
         out.gauge("redis_infra_backup_timestamp_seconds", "Time of the last backup attempt", base, backup.get("time"))
+    # like blackbox_exporter's probe_ssl_earliest_cert_expiry; only for instances with tls = true
+    out.gauge("redis_infra_tls_certificate_expiry_timestamp_seconds",
+              "When the certificate served on the instance's TLS port expires (notAfter, epoch seconds), as read "
+              f"by the last TLS handshake (one every {TLS_PROBE_INTERVAL / 60:g} minutes at most)", base,
+              result.tls_certificate_expiry)
 
     info = result.info
     if not info:

@@ -30,6 +30,19 @@ def make_instance(redis_factory, tmp_path):
 
 
 @pytest.fixture
+def make_tls_instance(tls_redis_factory, tls_files, tmp_path):
+    """Start a redis-server that serves only TLS, with the monitoring user; its connection file names no
+    socket and says tls = true with the test CA. `tls` goes to tls_redis_factory (clients, cert_file,
+    key_file); `fields` add or replace connection-file fields."""
+    def make(name: str = "main", extra: str = "", tls: dict | None = None, **fields) -> Instance:
+        proc = tls_redis_factory(ACL_LINE + extra, **(tls or {}))
+        fields = {"tls": True, "tls_ca_file": str(tls_files.ca_file), **fields}
+        conn_file = write_connection_file(tmp_path / f"conn-{name}-{proc.port}.toml", name, proc.port, **fields)
+        return Instance(name, proc, conn_file, {"ssl": True, "ssl_ca_certs": str(tls_files.ca_file)})
+    return make
+
+
+@pytest.fixture
 def health_config(tmp_path):
     """Write a checker config for some Instances (or instance dicts) and load it: returns (Config, path)."""
     counter = iter(range(1000))

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -32,6 +32,7 @@ class Instance:
     name: str
     proc: object           # tests.conftest.RedisProcess
     conn_file: Path
+    admin_options: dict = field(default_factory=dict)   # redis-py's TLS arguments for a TLS-only server
 
     @property
     def port(self) -> int:
@@ -41,16 +42,19 @@ class Instance:
         """A client as the default (all-powerful) user, for setting up test conditions."""
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout, decode_responses=True)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout, decode_responses=True,
+                           **self.admin_options)
 
 
 def write_connection_file(path: Path, name: str, port: int, username: str | None = "monitor",
-                          password: str | None = MONITOR_PASSWORD) -> Path:
+                          password: str | None = MONITOR_PASSWORD, **fields) -> Path:
+    """A connection file; `fields` are more of its fields (unix_socket, tls, ...)."""
     lines = [f'name = "{name}"', 'host = "127.0.0.1"', f"port = {port}"]
     if username:
         lines.append(f'username = "{username}"')
     if password:
         lines.append(f'password = "{password}"')
+    lines += [f"{key} = {_toml(value)}" for key, value in fields.items()]
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
     return path

@@ -121,9 +121,9 @@ def test_dashboard_is_valid_grafana_json():
 # --- a real scrape with everything present --------------------------------------------------------
 
 @pytest.fixture
-def scrape(make_instance, health_config, tmp_path):
+def scrape(make_instance, make_tls_instance, health_config, tmp_path):
     """/metrics of a checker watching a primary and its replica (same replication group), each with a
-    backup status file, after a slow query and a few keys."""
+    backup status file, after a slow query and a few keys; and an instance that serves only TLS."""
     primary = make_instance(name="primary", extra="repl-diskless-sync-delay 0\nenable-debug-command yes\n"
                                                   "maxmemory 64mb\nappendonly yes\n")
     replica = make_instance(name="replica", extra=f"replicaof 127.0.0.1 {primary.port}\n")
@@ -145,6 +145,7 @@ def scrape(make_instance, health_config, tmp_path):
          "replication_group": "main"},
         {"name": "replica", "connection_file": str(replica.conn_file), "backup_status_file": str(failed),
          "replication_group": "main"},
+        make_tls_instance(name="secure"),
     ])
     monitor = Monitor(config)
     monitor.run_once()
@@ -207,6 +208,11 @@ def test_scrape_has_exporter_compatible_series(scrape):
     assert one("redis_infra_backup_success", redis_instance="replica")["__value__"] == 0
     assert 50 < one("redis_infra_backup_age_seconds", redis_instance="primary")["__value__"] < 120
     assert one("redis_infra_health_status", redis_instance="replica", check="backup")["__value__"] == 1
+    assert one("redis_infra_health_status", redis_instance="secure", check="tls_certificate")["__value__"] == 0
+    assert one("redis_infra_tls_certificate_expiry_timestamp_seconds", redis_instance="secure")["__value__"] > \
+        time.time() + 21 * 86400
+    assert "redis_infra_tls_certificate_expiry_timestamp_seconds" not in {
+        name for name, samples in scrape.items() for sample in samples if sample.get("redis_instance") == "primary"}
     assert one("redis_infra_health_status", redis_instance="primary", check="overall")["__value__"] == 1  # slow query
     commands = one("redis_infra_check_commands_total", redis_instance="primary")["__value__"]
     assert 14 <= commands <= 20        # two cycles of ~9 commands

@@ -80,6 +80,11 @@ def test_timeout_defaults_to_interval_when_shorter():
     ("[thresholds]\nmemory_degraded_percent = 96\n" + MINIMAL,
      "key 'thresholds.memory_degraded_percent' (96) must not be greater than 'thresholds.memory_unhealthy_percent'"),
     ("[thresholds]\nping_degraded_ms = -1\n" + MINIMAL, "key 'thresholds.ping_degraded_ms' must be"),
+    ("[thresholds]\ntls_expiry_unhealthy_days = 30\n" + MINIMAL,           # fewer days left is worse
+     "key 'thresholds.tls_expiry_unhealthy_days' (30) must not be greater than 'thresholds.tls_expiry_degraded_days' "
+     "(21)"),
+    ("[thresholds]\ntls_expiry_degraded_days = 0\n" + MINIMAL,
+     "key 'thresholds.tls_expiry_degraded_days' must be greater than 0"),
     ('[webhook]\nurl = "ftp://x/"\n' + MINIMAL, "key 'webhook.url' must be an http:// or https:// URL"),
     ("[webhook]\ntimeout = 3\n" + MINIMAL, "key 'webhook.url' is required"),
     ('[webhook]\nurl = "http://x/"\nretries = 1.5\n' + MINIMAL, "key 'webhook.retries' must be an integer"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,6 +15,7 @@ from redis_infra.health.checks import (
     CheckResult,
     InstanceResult,
     InstanceState,
+    TLSProbe,
     describe_error,
     evaluate_backup,
     evaluate_clients,
@@ -22,6 +24,7 @@ from redis_infra.health.checks import (
     evaluate_persistence,
     evaluate_replication,
     evaluate_slowlog,
+    evaluate_tls_certificate,
     evaluate_uptime,
     parse_time,
     select_new_slow_entries,
@@ -243,6 +246,39 @@ def test_backup_status_file(tmp_path):
     assert no_time.status == DEGRADED and "'time'" in no_time.reason
 
 
+def test_tls_certificate_days_left():
+    now = 1_800_000_000.0
+    day = 86400
+    cases = [
+        # (days left, status)
+        (400, HEALTHY),
+        (21, HEALTHY),          # degraded below 21 days, not at 21
+        (20.9, DEGRADED),
+        (7, DEGRADED),
+        (6.9, UNHEALTHY),
+        (-2, UNHEALTHY),        # expired since the last handshake
+    ]
+    for days, status in cases:
+        probe = TLSProbe("127.0.0.1:6380", 0.0, now - 60, not_after=now + days * day)
+        check = evaluate_tls_certificate(probe, T, now)
+        assert (check.name, check.status, check.value, check.unit) == ("tls_certificate", status, days, "d"), days
+        assert check.threshold == {"degraded": 21, "unhealthy": 7}
+        assert check.details["not_after"] == datetime.fromtimestamp(now + days * day, UTC).isoformat(
+            timespec="seconds").replace("+00:00", "Z")
+    assert evaluate_tls_certificate(TLSProbe("h:1", 0, now, not_after=now + 45 * day), T, now).reason == \
+        "the certificate on h:1 expires in 45.0 d (2027-03-01T08:00:00Z)"
+    soon = evaluate_tls_certificate(TLSProbe("h:1", 0, now, not_after=now + 10 * day), T, now)
+    assert soon.reason.endswith("expires in 10.0 d (2027-01-25T08:00:00Z), below the degraded threshold of 21 days")
+    gone = evaluate_tls_certificate(TLSProbe("h:1", 0, now, not_after=now - 3600), T, now)
+    assert gone.reason.startswith("the certificate on h:1 expired 60 min ago") and "unhealthy threshold" in gone.reason
+    failed = evaluate_tls_certificate(TLSProbe("h:1", 0, now, error="certificate not accepted: certificate has "
+                                                                       "expired"), T, now)
+    assert failed.status == UNHEALTHY and failed.value is None
+    assert failed.reason == "TLS handshake with h:1 failed: certificate not accepted: certificate has expired"
+    lenient = Thresholds({**T.values, "tls_expiry_degraded_days": 5.0, "tls_expiry_unhealthy_days": 1.0})
+    assert evaluate_tls_certificate(TLSProbe("h:1", 0, now, not_after=now + 3 * day), lenient, now).status == DEGRADED
+
+
 def test_describe_error_mentions_auth():
     from redis import exceptions as rex
 
@@ -252,6 +288,8 @@ def test_describe_error_mentions_auth():
     assert "permission denied" in describe_error(rex.ResponseError("NOPERM this user has no permissions"), 1)
     assert describe_error(rex.TimeoutError("Timeout reading"), 2).startswith("timed out after 2 s")
     assert describe_error(rex.ConnectionError("Error 111 connecting"), 2).startswith("cannot connect")
+    assert describe_error(rex.ConnectionError("Error 1 connecting to h:1. [SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+                                              "verify failed"), 2).startswith("TLS failed (the server's certificate")
 
 
 def test_worst():
@@ -295,6 +333,7 @@ def test_metrics_from_valkey_info_use_exporter_names():
     assert value("redis_db_avg_ttl_seconds", db="db0") == 2
     assert value("redis_errors_total", err="WRONGPASS") == 2
     assert value("redis_slowlog_length") == 3
+    assert ("redis_infra_tls_certificate_expiry_timestamp_seconds", (("redis_instance", "main"),)) not in samples
     assert value("redis_infra_webhook_deliveries_total", instance=None, result="ok") == 1
     info_sample = [labels for (name, labels) in samples if name == "redis_instance_info"][0]
     labels = dict(info_sample)
