@@ -48,10 +48,12 @@ class BackupEnv:
     connection_file: Path
     config_file: Path
     extra: dict = field(default_factory=dict)
+    tls: object = None                               # tests/conftest.py TLSFiles: the server serves only TLS
 
     @property
     def admin(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.server.port, decode_responses=True)
+        secure = {"ssl": True, "ssl_ca_certs": str(self.tls.ca_file)} if self.tls else {}
+        return redis.Redis(host="127.0.0.1", port=self.server.port, decode_responses=True, **secure)
 
     def server_paths(self) -> dict:
         """What the role writes into the tool's config: the server's paths, read from its config file."""
@@ -81,10 +83,13 @@ class BackupEnv:
         self.config_file.write_text(body)
         return self.config_file
 
-    def write_connection(self, port: int | None = None, password: str = PASSWORD, username: str = "backup"):
+    def write_connection(self, port: int | None = None, password: str = PASSWORD, username: str = "backup",
+                         tls_ca_file: Path | None = None):
+        """The connection file; with a TLS-only server, TLS with the test CA (or tls_ca_file)."""
+        tls = f'tls = true\ntls_ca_file = "{tls_ca_file or self.tls.ca_file}"\n' if self.tls else ""
         self.connection_file.write_text(
             f'name = "main"\nhost = "127.0.0.1"\nport = {port or self.server.port}\n'
-            f'username = "{username}"\npassword = "{password}"\n')
+            f'username = "{username}"\npassword = "{password}"\n' + tls)
         self.connection_file.chmod(0o600)
 
     def cli(self, *args: str, timeout: float = 60) -> Result:
@@ -124,16 +129,20 @@ def snapshot_files(directory: Path) -> dict[str, tuple[str, int]]:
 
 @pytest.fixture
 def make_env(redis_factory, tmp_path):
-    """make_env(extra_redis_config="") -> BackupEnv with a running server that has the backup ACL user."""
+    """make_env(extra_redis_config="") -> BackupEnv with a running server that has the backup ACL user;
+    make_env(tls=tls_files): one that serves only TLS."""
     if not (CHECK_RDB and CHECK_AOF):
         pytest.skip("redis-check-rdb / redis-check-aof are not installed")
 
-    def make(extra: str = "", backup_dir: Path | None = None) -> BackupEnv:
-        server = redis_factory(f"user backup on >{PASSWORD} {REQUIRED_ACL}\n" + extra)
+    def make(extra: str = "", backup_dir: Path | None = None, tls=None) -> BackupEnv:
+        port = free_port()
+        if tls:
+            extra = tls.server_config(port) + extra
+        server = redis_factory(f"user backup on >{PASSWORD} {REQUIRED_ACL}\n" + extra, port=port)
         env = BackupEnv(tmp=tmp_path, server=server,
                         backup_dir=backup_dir or tmp_path / "backups",
                         status_file=tmp_path / "status.json", lock_file=tmp_path / "backup.lock",
-                        connection_file=tmp_path / "backup.conn.toml", config_file=tmp_path / "backup.toml")
+                        connection_file=tmp_path / "backup.conn.toml", config_file=tmp_path / "backup.toml", tls=tls)
         env.backup_dir.mkdir(exist_ok=True)
         env.write_connection()
         env.write_config()

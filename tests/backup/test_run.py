@@ -71,6 +71,20 @@ def test_run_success_rdb_only(make_env):
     assert "backup ok" in result.stderr
 
 
+def test_run_over_tls(make_env, tls_files):
+    """A server that serves only TLS and a connection file that names no socket: the tool speaks TLS, and
+    says why when the CA it is given did not sign the server's certificate."""
+    env = make_env(tls=tls_files)
+    expected = fill(env.admin, 20)
+    result = env.cli("run")
+    assert result.code == 0, result.stderr
+    assert env.status()["keys"] == len(expected) and len(env.finals()) == 1
+    env.write_connection(tls_ca_file=tls_files.other_ca_file)
+    result = env.cli("run")
+    assert result.code == 3 and "certificate verify failed" in result.stderr, result.stderr
+    assert env.status()["result"] == "failed" and len(env.finals()) == 1
+
+
 def test_two_runs_in_the_same_second_get_distinct_names(make_env):
     env = make_env()
     fill(env.admin, 5)
