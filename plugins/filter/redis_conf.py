@@ -88,6 +88,8 @@ def redis_conf_changes(old_text, new_text):
 # Directives whose CONFIG GET answer is in bytes while the file may use units (2gb).
 _MEMORY_DIRECTIVES = {"maxmemory", "repl-backlog-size", "auto-aof-rewrite-min-size", "client-query-buffer-limit",
                       "proto-max-bulk-len", "active-defrag-ignore-bytes"}
+# The TLS files an instance reads; a renewed certificate is loaded by setting them again, together.
+_TLS_FILES = ("tls-cert-file", "tls-key-file", "tls-ca-cert-file")
 # Never read back or compared: secrets (masterauth has its own file and task).
 _NOT_COMPARED = {"masterauth", "requirepass"}
 
@@ -149,7 +151,10 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
     dropin_now (a stat of the drop-in, for runs where its template did not run).
     Optional, for a plan from what the instance runs rather than from this run's file diff:
     state (slurped state file: the config text, drop-in checksum and ACL text the instance last
-    took), desired (config texts), acl_desired (ACL texts), live (CONFIG GET replies).
+    took), desired (config texts), acl_desired (ACL texts), live (CONFIG GET replies), and with TLS on
+    tls (a checksum of the host's TLS files) and tls_files (the certificate, key and CA bundle paths):
+    a running instance that last took other TLS files reloads them with one CONFIG SET of the three
+    paths, which makes it serve the new certificate without a restart.
     A running instance restarts when its unit drop-in changed, when it had no config file before,
     or when a directive changed that CONFIG SET cannot change (or was removed). A stopped instance
     just starts with the new files.
@@ -217,16 +222,29 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
             acl_now = redis_acl_changes(applied, acl_desired) if known else []
         else:
             acl_now = [["ACL", "LOAD"]] if running and at("acl", i).get("changed") else []
+        tls_sum = results.get("tls")
+        tls_applied = state.get("tls") if state is not None else None
+        reload_tls = running and tls_sum is not None and tls_applied != tls_sum
+        if reload_tls:
+            # One command for the three: the server loads them together or keeps what it has.
+            runtime = {key: value for key, value in runtime.items() if key not in _TLS_FILES}
         runtime_now = [["CONFIG", "SET", key, value] for key, value in sorted(runtime.items())] if running else []
+        if reload_tls:
+            runtime_now.append(["CONFIG", "SET", *[part for pair in zip(_TLS_FILES, results["tls_files"], strict=True)
+                                                   for part in pair]])
         acl = acl_now if live else []
         runtime_commands = runtime_now if live else []
         acl_users = [command[2] for command in acl_now if len(command) > 2]
         why = static or (["unit drop-in"] if dropin_changed else ["first configuration"])
         summary = "; ".join(part for part in (
             ("CONFIG SET " + ", ".join(command[2] for command in runtime_commands)) if runtime_commands else "",
+            "new TLS certificate, taken live" if reload_tls and live else "",
             ("ACL users " + ", ".join(acl_users)) if acl_users and (live or not restart) else "",
             ("restart (" + ", ".join(why) + ")") if restart else "",
             "start" if not running else "") if part)
+        taken = {"conf": desired, "dropin": dropin_sum, "acl": acl_desired}
+        if tls_sum is not None or tls_applied is not None:
+            taken["tls"] = tls_sum if tls_sum is not None else tls_applied
         plan.append({
             "name": instance["name"],
             "unit": instance["unit"],
@@ -244,8 +262,8 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
             "live_first_users": acl_users if restart else [],
             "connection_file": connection_file.format(name=instance["name"]),
             # What the instance runs once this plan is carried out (tasks/state.yml writes it).
-            "state": json.dumps({"conf": desired, "dropin": dropin_sum, "acl": acl_desired}, sort_keys=True),
-            "state_current": state == {"conf": desired, "dropin": dropin_sum, "acl": acl_desired},
+            "state": json.dumps(taken, sort_keys=True),
+            "state_current": state == taken,
         })
     return plan
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 # Virtualization types of a container: user namespaces (PrivateUsers=) cannot be set up inside one, and
 # its kernel settings belong to the container host.
 CONTAINER_TYPES = ("docker", "podman", "container", "lxc", "containerd", "systemd-nspawn")
@@ -13,6 +15,24 @@ def redis_is_container(facts):
     return facts.get("virtualization_role", "") == "guest" and facts.get("virtualization_type", "") in CONTAINER_TYPES
 
 
+def redis_tls_subject_alt_names(names):
+    """subjectAltName entries for a host's certificate: IP: for addresses, DNS: for names, each once,
+    in the order given; empty entries and the "-" prefix of an optional bind address are dropped."""
+    entries = []
+    for raw in names or []:
+        name = str(raw or "").strip().lstrip("-")
+        if not name:
+            continue
+        try:
+            entry = f"IP:{ipaddress.ip_address(name)}"
+        except ValueError:
+            entry = f"DNS:{name.lower()}"
+        if entry not in entries:
+            entries.append(entry)
+    return entries
+
+
 class FilterModule:
     def filters(self):
-        return {"redis_is_container": redis_is_container}
+        return {"redis_is_container": redis_is_container,
+                "redis_tls_subject_alt_names": redis_tls_subject_alt_names}

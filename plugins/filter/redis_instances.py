@@ -22,7 +22,7 @@ def redis_server_instances(instances, settings, engine, context):
     instances: the redis_server_instances list; settings: profile values combined with the role
     variables that are set; engine: the engine's entry of _redis_server_engines; context: engine
     name, profile, vcpus, extra directives, rename commands, the follow, connection and backup-status
-    directories, the role's user names, and the replication group with its replica count (or none).
+    directories, the role's user names, whether TLS is on, and the replication group with its replica count (or none).
     """
     result = []
     for raw in instances:
@@ -74,6 +74,8 @@ def redis_server_instances(instances, settings, engine, context):
             check_aof=engine["check_aof"],
             extra=dict(context.get("extra") or {}, **(raw.get("extra") or {})),
             rename_commands=dict(context.get("rename_commands") or {}),
+            # TLS on: the port serves TLS only (plaintext TCP off); the unix socket stays plain.
+            tls=bool(context.get("tls", False)),
         )
         result.append(item)
     return result

@@ -26,8 +26,11 @@ def b64(text):
     return {"content": base64.b64encode(text.encode()).decode()}
 
 
+TLS_FILES = ["/etc/redis-infra/tls/server.crt", "/etc/redis-infra/tls/server.key", "/etc/redis-infra/tls/ca.crt"]
+
+
 def plan(desired, state=None, live=None, before=None, conf_changed=False, dropin="sum1", acl=ACL, running=True,
-         dropin_now=None):
+         dropin_now=None, tls=None):
     results = {
         "services": {"redis-server@main.service": {"state": "running" if running else "stopped"}},
         "before": [b64(before) if before is not None else {}],
@@ -40,6 +43,8 @@ def plan(desired, state=None, live=None, before=None, conf_changed=False, dropin
         "acl_desired": [acl],
         "state": [b64(json.dumps(state)) if state is not None else {"failed": True}],
         "live": [{"responses": live} if live is not None else {"skipped": True}],
+        "tls": tls,
+        "tls_files": TLS_FILES,
     }
     return redis_server_plan(INSTANCE, results, RUNTIME, "/c/{name}.toml")[0]
 
@@ -163,3 +168,40 @@ def test_one_config_get_reads_every_runtime_directive_from_a_real_server(redis_f
     flat = [item for pair in reply.items() for item in pair] if isinstance(reply, dict) else reply
     assert redis_conf_drift("maxmemory 2gb\nslowlog-max-len 99\n", [flat], directives) == {}
     assert redis_conf_drift("maxmemory 1gb\nslowlog-max-len 99\n", [flat], directives) == {"maxmemory": "1gb"}
+
+
+TLS_RELOAD = ["CONFIG", "SET", "tls-cert-file", TLS_FILES[0], "tls-key-file", TLS_FILES[1], "tls-ca-cert-file",
+              TLS_FILES[2]]
+
+
+@pytest.mark.parametrize(("applied", "files", "reload"), [
+    ("a:b:c", "a:b:c", False),       # the files the instance took: nothing
+    ("a:b:c", "a:B:c", True),        # a renewed certificate: one CONFIG SET of the three paths
+    (None, "a:b:c", True),           # no record (an earlier version, a cut-off run): load them again
+    ("a:b:c", None, False),          # TLS files not read in this run (a tag run): keep the record
+])
+def test_new_tls_files_are_taken_live_with_one_config_set(applied, files, reload):
+    desired = "port 0\ntls-port 6379\nmaxmemory 2gb\n"
+    recorded = dict(state(desired), **({"tls": applied} if applied else {}))
+    step = plan(desired, recorded, [["maxmemory", "2147483648"]], tls=files)
+    assert step["restart"] is False
+    assert step["runtime"] == ([TLS_RELOAD] if reload else [])
+    assert ("new TLS certificate" in step["summary"]) is reload
+    assert json.loads(step["state"]).get("tls") == (files or applied)
+    assert step["state_current"] is (not reload and files is not None or files is None)
+
+
+def test_a_tls_reload_replaces_separate_sets_of_the_paths_and_waits_for_a_restart():
+    desired = "port 0\ntls-port 6380\ntls-cert-file /new.crt\n"
+    step = plan(desired, dict(state("port 0\ntls-port 6379\n"), tls="old"), [["tls-cert-file", "/x"]],
+                tls="new")
+    # tls-port is static: the instance restarts and reads the new files then; nothing is set live.
+    assert step["restart"] is True and step["runtime"] == []
+    assert step["live_first"][-1] == TLS_RELOAD
+    assert json.loads(step["state"])["tls"] == "new"
+
+
+def test_tls_off_keeps_the_state_as_before():
+    desired = "port 6379\n"
+    step = plan(desired, state(desired), [], tls=None)
+    assert "tls" not in json.loads(step["state"]) and step["state_current"]

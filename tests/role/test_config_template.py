@@ -58,22 +58,51 @@ def render(tmp_path: Path, variables: dict) -> Path:
     return out
 
 
-HOST_SPECIFIC = ("port", "bind", "dir", "logfile", "pidfile", "unixsocket", "aclfile", "supervised")
+HOST_SPECIFIC = ("port", "bind", "dir", "logfile", "pidfile", "unixsocket", "aclfile", "supervised",
+                 "tls-port", "tls-cert-file", "tls-key-file", "tls-ca-cert-file")
+
+
+def make_certificates(directory: Path) -> dict:
+    """A CA and a server/client certificate for 127.0.0.1 and localhost (openssl, EC P-256)."""
+    directory.mkdir(exist_ok=True)
+    paths = {name: directory / name for name in ("ca.crt", "ca.key", "server.crt", "server.key", "server.csr")}
+    if paths["server.crt"].exists():
+        return paths
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    subprocess.run(["openssl", "req", "-x509", *ec, "-keyout", paths["ca.key"], "-out", paths["ca.crt"],
+                    "-subj", "/CN=fast-test CA", "-days", "2"], check=True, capture_output=True)
+    subprocess.run(["openssl", "req", *ec, "-keyout", paths["server.key"], "-out", paths["server.csr"],
+                    "-subj", "/CN=localhost"], check=True, capture_output=True)
+    extensions = directory / "ext.cnf"
+    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", paths["server.csr"], "-CA", paths["ca.crt"], "-CAkey",
+                    paths["ca.key"], "-CAcreateserial", "-out", paths["server.crt"], "-days", "2",
+                    "-extfile", extensions], check=True, capture_output=True)
+    return paths
 
 
 def start_rendered(tmp_path: Path, rendered: Path, name: str) -> RedisProcess:
-    """Start redis-server on the rendered file, with only the host-specific paths moved into tmp_path."""
+    """Start redis-server on the rendered file, with only the host-specific paths moved into tmp_path.
+    With TLS, a plaintext port is opened beside the TLS one for the tests' clients (server.tls_port)."""
     port = free_port()
     workdir = tmp_path / f"run-{name}"
     workdir.mkdir()
-    kept = [line for line in (rendered / f"{name}.conf").read_text().splitlines()
-            if line.split(" ", 1)[0] not in HOST_SPECIFIC]
+    lines = (rendered / f"{name}.conf").read_text().splitlines()
+    kept = [line for line in lines if line.split(" ", 1)[0] not in HOST_SPECIFIC]
     overrides = (
         f"port {port}\nbind 127.0.0.1\ndir {workdir}\nlogfile {workdir / 'redis.log'}\n"
         f"pidfile {workdir / 'redis.pid'}\nunixsocket {workdir / 'redis.sock'}\n"
         f"aclfile {rendered / (name + '.acl')}\nsupervised no\n"
     )
-    return RedisProcess(workdir, "\n".join(kept) + "\n" + overrides, port).start()
+    tls_port = None
+    if any(line.startswith("tls-port ") for line in lines):
+        certificates = make_certificates(tmp_path / "tls")
+        tls_port = free_port()
+        overrides += (f"tls-port {tls_port}\ntls-cert-file {certificates['server.crt']}\n"
+                      f"tls-key-file {certificates['server.key']}\ntls-ca-cert-file {certificates['ca.crt']}\n")
+    server = RedisProcess(workdir, "\n".join(kept) + "\n" + overrides, port).start()
+    server.tls_port = tls_port
+    return server
 
 
 def expected_settings(instance: dict) -> dict:
@@ -187,3 +216,41 @@ def test_start_hook_config_names_every_sentinel_and_the_include_file(tmp_path):
         assert instance["follow_file"] == f"/etc/redis-infra/follow/{instance['name']}.toml"
         assert [(s.port, s.password) for s in config.sentinels] == [(26380, "sentinel-client-password-0123456789")]
         assert config.wait == 5.0
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+@pytest.mark.parametrize("auth_clients", ["optional", "required"])
+def test_production_serves_tls_only_on_its_port(tmp_path, auth_clients):
+    """Production: the port serves TLS 1.2/1.3 only (port 0), replication uses TLS, and a client needs
+    the CA (and, when required, a certificate of its own)."""
+    rendered = render(tmp_path, dict(CASES["production-redis"], redis_server_tls_auth_clients=auth_clients))
+    text = (rendered / "main.conf").read_text()
+    assert "\nport 0\ntls-port 6379\n" in text
+    for line in ("tls-replication yes", 'tls-protocols "TLSv1.2 TLSv1.3"',
+                 f"tls-auth-clients {'yes' if auth_clients == 'required' else 'optional'}",
+                 "tls-cert-file /etc/redis-infra/tls/server.crt", "tls-key-file /etc/redis-infra/tls/server.key",
+                 "tls-ca-cert-file /etc/redis-infra/tls/ca.crt"):
+        assert f"\n{line}\n" in text, line
+    assert "\nport 6379\n" not in text
+    certificates = make_certificates(tmp_path / "tls")
+    server = start_rendered(tmp_path, rendered, "main")
+    try:
+        common = {"port": server.tls_port, "password": PASSWORDS["redis_server_password"], "ssl": True,
+                  "ssl_ca_certs": str(certificates["ca.crt"]), "socket_timeout": 5}
+        mine = {"ssl_certfile": str(certificates["server.crt"]), "ssl_keyfile": str(certificates["server.key"])}
+        assert redis.Redis(**common, **mine).ping()
+        anonymous = redis.Redis(**common)
+        if auth_clients == "required":
+            with pytest.raises(redis.ConnectionError):
+                anonymous.ping()
+        else:
+            assert anonymous.ping()
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(**dict(common, ssl_ca_certs=None, ssl_cert_reqs="required")).ping()
+    finally:
+        server.stop()
+
+
+def test_development_has_no_tls_unless_asked(tmp_path):
+    text = (render(tmp_path, CASES["development-redis"]) / "main.conf").read_text()
+    assert "\nport 6379\n" in text and "tls-" not in text

@@ -122,3 +122,12 @@ def test_container_detection_is_one_filter_both_roles_use(facts, expected):
     from redis_host import redis_is_container
 
     assert redis_is_container(facts) is expected
+
+
+def test_certificate_names_are_dns_or_ip_entries_each_once():
+    from redis_host import redis_tls_subject_alt_names
+
+    names = ["redis-1", "Redis-1.example.org", "", None, "127.0.0.1", "::1", "-::1", "10.0.0.5", "10.0.0.5",
+             "redis-1", "localhost"]
+    assert redis_tls_subject_alt_names(names) == [
+        "DNS:redis-1", "DNS:redis-1.example.org", "IP:127.0.0.1", "IP:::1", "IP:10.0.0.5", "DNS:localhost"]

@@ -15,6 +15,7 @@ import time
 
 import pytest
 import testinfra
+import tls_setup
 from preflight_cases import FAILURE_MESSAGE
 from testinfra.utils.ansible_runner import AnsibleRunner
 
@@ -89,7 +90,7 @@ def env(host):
     instances = variables.get("redis_server_instances", [{"name": "main", "port": 6379}])
     return {
         "engine": engine,
-        "cli": f"{engine}-cli",
+        "cli": tls_setup.cli(engine, variables),
         "instances": instances,
         "secrets": [variables[name] for name in ("redis_server_password", "redis_server_admin_password",
                                                  "redis_server_monitor_password", "redis_server_backup_password")
@@ -420,7 +421,8 @@ def group():
     variables = runner.get_variables(names[0])
     hosts = {name: testinfra.get_host(f"ansible://{name}?ansible_inventory={os.environ['MOLECULE_INVENTORY_FILE']}")
              for name in names}
-    env = {"engine": "redis", "cli": "redis-cli", "admin": variables["redis_server_admin_password"],
+    env = {"engine": "redis", "cli": tls_setup.cli("redis", variables),
+           "admin": variables["redis_server_admin_password"],
            "secrets": [variables[name] for name in ("redis_server_password", "redis_server_admin_password",
                                                     "redis_server_backup_password", "redis_sentinel_password")]}
     roles = {name: admin_commands(host, env, HA_INSTANCE, [["ROLE"]]).split()[0] for name, host in hosts.items()}
@@ -436,8 +438,8 @@ def sentinel_command(group, name, *args):
     password = group["variables"]["redis_sentinel_password"]
     port = group["variables"].get("redis_sentinel_port", 26379)
     quoted = " ".join(shlex.quote(str(arg)) for arg in args)
-    return group["hosts"][name].check_output(
-        f"REDISCLI_AUTH={shlex.quote(password)} redis-cli --no-auth-warning -p {port} {quoted}").splitlines()
+    command = f"{group['env']['cli']} --no-auth-warning -p {port} {quoted}"
+    return group["hosts"][name].check_output(f"REDISCLI_AUTH={shlex.quote(password)} {command}").splitlines()
 
 
 def test_ha_restore_onto_a_replica_is_refused_before_anything_changes(group):

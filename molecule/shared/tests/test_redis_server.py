@@ -11,7 +11,9 @@ import subprocess
 import time
 
 import pytest
+import tls_setup
 from preflight_cases import case_tasks
+from tls_setup import CA_FILE, tls_on
 
 PROFILE_SETTINGS = {
     "development": {"maxmemory": "0", "maxmemory-policy": "noeviction", "appendonly": "no",
@@ -32,7 +34,8 @@ def env(host):
     engine = variables.get("redis_server_engine", "redis")
     return {
         "engine": engine,
-        "cli": f"{engine}-cli",
+        "cli": tls_setup.cli(engine, variables),
+        "tls": tls_on(variables),
         "group": engine,
         "conf_dir": f"/etc/{engine}",
         "profile": variables.get("redis_server_profile", "development"),
@@ -134,8 +137,9 @@ def test_disabled_commands_refused_for_application_allowed_for_admin(host, env, 
 APPLICATION_USES = r"""
 import json, os, sys, time
 import redis
+tls = {"ssl": True, "ssl_ca_certs": os.environ["TLS_CA"]} if os.environ.get("TLS_CA") else {}
 r = redis.Redis(host="127.0.0.1", port=int(sys.argv[1]), password=os.environ.get("REDISCLI_AUTH") or None,
-                decode_responses=True, socket_timeout=5)
+                decode_responses=True, socket_timeout=5, **tls)
 done = []
 assert r.set("cache:user:1", "cached", ex=60) and 0 < r.ttl("cache:user:1") <= 60 and r.get("cache:user:1") == "cached"
 done.append("cache")
@@ -182,7 +186,8 @@ print(json.dumps({"done": done, "refused": refused}))
 def test_application_user_does_its_job_and_cannot_disrupt(host, env):
     for instance in env["instances"]:
         script = f"python3 - {instance['port']} <<'PYTHON'\n{APPLICATION_USES}\nPYTHON"
-        result = host.run(f"REDISCLI_AUTH={shlex.quote(env['password'])} {script}")
+        tls = f"TLS_CA={CA_FILE} " if env["tls"] else ""
+        result = host.run(f"{tls}REDISCLI_AUTH={shlex.quote(env['password'])} {script}")
         assert result.rc == 0, result.stderr
         outcome = json.loads(result.stdout.strip().splitlines()[-1])
         assert outcome["done"] == ["cache", "sessions", "rate limit", "pub/sub", "locks", "queues"]
@@ -255,6 +260,45 @@ def test_no_password_in_processes_units_or_logs(host, env):
     for secret in passwords(env):
         for place, text in places.items():
             assert secret not in text, f"a password appears in {place}"
+
+
+def test_tls_only_on_tcp_tls_1_3_with_the_ca(host, env):
+    """TLS on: the port serves TLS only; a client needs the CA; TLS 1.3 is negotiated, TLS 1.1 refused;
+    the key is root:<engine group> 0640."""
+    if not env["tls"]:
+        pytest.skip("TLS is off in this scenario")
+    plain = f"{env['engine']}-cli"
+    for instance in env["instances"]:
+        port = instance["port"]
+        result = host.run(f"{plain} -p {port} PING")
+        assert "PONG" not in result.stdout and "NOAUTH" not in result.stdout, "plaintext TCP answered"
+        assert "NOAUTH" in cli(host, env, port, "GET", "verify:app")
+        result = host.run(f"{plain} --tls -p {port} PING")
+        assert "certificate verify failed" in result.stdout + result.stderr, result.stdout + result.stderr
+        result = host.run(f"openssl s_client -brief -connect 127.0.0.1:{port} -CAfile {CA_FILE} </dev/null")
+        assert "Protocol version: TLSv1.3" in result.stderr and "Verification: OK" in result.stderr, result.stderr
+        assert host.run(f"openssl s_client -brief -connect 127.0.0.1:{port} -tls1_1 </dev/null").rc != 0
+    key, certificate = host.file(tls_setup.KEY_FILE), host.file(tls_setup.CERT_FILE)
+    assert (key.mode, key.user, key.group) == (0o640, "root", env["group"])
+    assert (certificate.mode, certificate.user) == (0o644, "root")
+    assert "PRIVATE KEY" not in host.file(CA_FILE).content_string + certificate.content_string
+
+
+def test_tls_clients_from_the_network_need_the_ca(host, env):
+    """redis-py with rediss:// from the controller: works with the private CA, fails without it."""
+    if not env["tls"] or "MOLECULE_EPHEMERAL_DIRECTORY" not in os.environ:
+        pytest.skip("TLS is off in this scenario")
+    import redis
+
+    address = host.check_output("hostname -I").split()[0]
+    port = env["instances"][0]["port"]
+    url = f"rediss://:{env['password']}@{address}:{port}/0"
+    client = redis.Redis.from_url(url, ssl_ca_certs=tls_setup.controller_ca(), socket_timeout=5)
+    assert client.set("verify:tls", "1") and client.get("verify:tls") == b"1" and client.delete("verify:tls") == 1
+    with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
+        redis.Redis.from_url(url, socket_timeout=5).ping()
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(host=address, port=port, password=env["password"], socket_timeout=5).ping()
 
 
 def _playbook(*args, server_only=False):
@@ -487,3 +531,60 @@ def test_bad_input_fails_in_preflight_naming_the_variable_and_changes_nothing(ho
     assert host.check_output(checksums) == before, "a failed preflight changed files on the host"
     for secret in passwords(env):
         assert secret not in result.stdout
+
+
+def test_a_renewed_certificate_is_served_live_without_a_client_error(host, env, reconverge):
+    """Renewal on a running instance under a client load: the next run issues a new certificate (one that
+    ends within redis_server_tls_renew_days is renewed), the instance serves it after one CONFIG SET, its
+    run_id is unchanged, the clients see no error, and a re-run changes nothing."""
+    if not env["tls"] or os.environ.get("MOLECULE_SCENARIO_NAME") != "production":
+        pytest.skip("runs in the production scenario, with TLS")
+    import threading
+
+    import redis
+
+    port = env["instances"][0]["port"]
+    address = host.check_output("hostname -I").split()[0]
+
+    def served_serial():
+        return host.check_output(f"openssl s_client -connect 127.0.0.1:{port} -CAfile {CA_FILE} </dev/null 2>/dev/null"
+                                 " | openssl x509 -noout -serial")
+
+    def run_id():
+        return re.search(r"run_id:(\w+)", admin(host, env, port, "INFO", "server")).group(1)
+
+    counts, stop = {"ok": 0, "errors": []}, threading.Event()
+
+    def load():
+        options = {"host": address, "port": port, "password": env["password"], "socket_timeout": 5,
+                   "ssl": True, "ssl_ca_certs": tls_setup.controller_ca()}
+        held = redis.Redis(single_connection_client=True, **options)
+        end = time.monotonic() + 300
+        while not stop.is_set() and time.monotonic() < end:
+            try:
+                held.set("verify:tls-load", counts["ok"])
+                with redis.Redis(**options) as fresh:  # a new connection and handshake each round
+                    fresh.get("verify:tls-load")
+                counts["ok"] += 1
+            except redis.RedisError as exc:
+                counts["errors"].append(repr(exc))
+            time.sleep(0.02)
+
+    serial, started = served_serial(), run_id()
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    try:
+        # The certificate issued at converge is valid for 365 days: with a renewal window longer than
+        # that, this run must renew it (and the new one is valid for 500 days).
+        result = reconverge("-e", "redis_server_tls_certificate_days=500", "-e", "redis_server_tls_renew_days=400",
+                            server_only=True)
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert "new TLS certificate, taken live" in result.stdout, result.stdout[-3000:]
+    finally:
+        stop.set()
+        worker.join(30)
+    assert served_serial() != serial
+    assert run_id() == started, "the instance restarted for a new certificate"
+    assert counts["ok"] > 10 and counts["errors"] == [], counts
+    result = reconverge(server_only=True)
+    assert result.returncode == 0 and re.search(r"changed=0\s", result.stdout), result.stdout[-3000:]
