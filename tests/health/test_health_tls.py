@@ -129,3 +129,17 @@ def test_a_tls_port_that_never_answers_costs_no_more_than_the_timeout(make_tls_i
     assert tls.status == UNHEALTHY and f"TLS handshake with 127.0.0.1:{port} failed: no answer within" in tls.reason
     assert result.tls_certificate_expiry is None
     assert instance.port != port
+
+
+def test_certificate_read_without_a_client_certificate_where_the_server_requires_one(make_tls_instance, health_config,
+                                                                                     tmp_path):
+    """tls-auth-clients yes, and the monitoring user's connection file has no client certificate (the roles give one
+    only to root's files): the check goes through the socket, and the handshake still reads the certificate (in
+    TLS 1.3 the server verifies the client after the client has verified the server)."""
+    path = tmp_path / "health-mtls.sock"
+    instance = make_tls_instance(extra=f"unixsocket {path}\nunixsocketperm 700\n", tls={"clients": "yes"},
+                                 unix_socket=str(path))
+    config, _ = health_config([instance])
+    result = Monitor(config).run_once().results[0]
+    assert result.status == HEALTHY and result.address == str(path), [check.to_dict() for check in result.checks]
+    assert result.check("tls_certificate").status == HEALTHY and result.tls_certificate_expiry is not None
