@@ -237,7 +237,8 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
         acl_users = [command[2] for command in acl_now if len(command) > 2]
         why = static or (["unit drop-in"] if dropin_changed else ["first configuration"])
         summary = "; ".join(part for part in (
-            ("CONFIG SET " + ", ".join(command[2] for command in runtime_commands)) if runtime_commands else "",
+            ("CONFIG SET " + ", ".join(command[2] for command in runtime_commands if command[2] not in _TLS_FILES))
+            if any(command[2] not in _TLS_FILES for command in runtime_commands) else "",
             "new TLS certificate, taken live" if reload_tls and live else "",
             ("ACL users " + ", ".join(acl_users)) if acl_users and (live or not restart) else "",
             ("restart (" + ", ".join(why) + ")") if restart else "",

@@ -15,6 +15,7 @@ import time
 
 import pytest
 import testinfra
+import tls_setup
 from preflight_cases import case_tasks
 from testinfra.utils.ansible_runner import AnsibleRunner
 
@@ -31,6 +32,10 @@ NAME = "main"
 PORT = 6379
 SENTINEL_PORT = VARIABLES.get("redis_sentinel_port", 26379)
 DOWN_AFTER_MS = VARIABLES.get("redis_sentinel_down_after_milliseconds", 5000)
+# TLS on (production): the instances and Sentinels serve TLS only; the CLI inside a host uses the host's CA
+# bundle, the controller's clients the private CA's certificate.
+CLI = tls_setup.cli("redis", VARIABLES)
+TLS = tls_setup.client_kwargs(VARIABLES, tls_setup.controller_ca()) if tls_setup.tls_on(VARIABLES) else {}
 
 
 def deadline(seconds):
@@ -55,7 +60,7 @@ def addresses(hosts):
 def cli(host, *args, user="admin", password=None, port=PORT, address=None):
     """The engine's CLI inside a container; the password goes through REDISCLI_AUTH, never argv."""
     password = password if password is not None else VARIABLES["redis_server_admin_password"]
-    command = "redis-cli --no-auth-warning"
+    command = f"{CLI} --no-auth-warning"
     if address:
         command += f" -h {address}"
     command += f" -p {port}"
@@ -156,7 +161,7 @@ def test_each_sentinel_knows_primary_replicas_and_other_sentinels(hosts, address
 
 def test_sentinel_requires_its_password(hosts):
     host = hosts[SENTINELS[0]]
-    assert "NOAUTH" in host.run(f"redis-cli -p {SENTINEL_PORT} SENTINEL MASTERS").stdout
+    assert "NOAUTH" in host.run(f"{CLI} -p {SENTINEL_PORT} SENTINEL MASTERS").stdout
     assert sentinel(host, "PING") == "PONG"
 
 
@@ -330,7 +335,7 @@ class Writer:
 
         import redis
         self.client = redis.Redis(host=address, port=PORT, password=VARIABLES["redis_server_password"],
-                                  socket_timeout=2, socket_connect_timeout=2)
+                                  socket_timeout=2, socket_connect_timeout=2, **TLS)
         self.acknowledged, self.errors, self.stop = 0, [], False
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -504,9 +509,10 @@ class SentinelWriter(Writer):
 
         from redis.sentinel import Sentinel
         sentinels = Sentinel([(addresses[name], SENTINEL_PORT) for name in SENTINELS], socket_timeout=1,
-                             sentinel_kwargs={"password": VARIABLES["redis_sentinel_password"], "socket_timeout": 1})
+                             sentinel_kwargs={"password": VARIABLES["redis_sentinel_password"], "socket_timeout": 1,
+                                              **TLS})
         self.client = sentinels.master_for(NAME, password=VARIABLES["redis_server_password"], socket_timeout=1,
-                                           socket_connect_timeout=1)
+                                           socket_connect_timeout=1, **TLS)
         self.acknowledged, self.errors, self.stop, self.longest, self.error_times = 0, [], False, 0.0, []
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -715,7 +721,7 @@ def test_ha_password_rotation_keeps_clients_and_replication_connected(hosts, add
     primary = current_primary(hosts)
     replicas = [name for name in hosts if name != primary]
     held = redis.Redis(host=addresses[primary], port=PORT, password=VARIABLES["redis_server_password"],
-                       single_connection_client=True, decode_responses=True, socket_timeout=5)
+                       single_connection_client=True, decode_responses=True, socket_timeout=5, **TLS)
     held_id = held.client_id()
     full_syncs = info(hosts[primary], "stats")["sync_full"]
     # Passwords only: the test before left tcp-backlog at 1024, and a rotation in the same run as rolling
