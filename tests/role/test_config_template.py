@@ -254,3 +254,26 @@ def test_production_serves_tls_only_on_its_port(tmp_path, auth_clients):
 def test_development_has_no_tls_unless_asked(tmp_path):
     text = (render(tmp_path, CASES["development-redis"]) / "main.conf").read_text()
     assert "\nport 6379\n" in text and "tls-" not in text
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_a_user_under_rotation_accepts_its_previous_password_beside_the_new_one(tmp_path):
+    """Phase 1 of a rotation: the old and the new password both work; the others are unchanged."""
+    previous = {"default": "old-app-password-0123456789abcdef", "admin": "old-admin-password-0123456789abcdef"}
+    rendered = render(tmp_path, dict(CASES["development-redis"], redis_server_previous_passwords=previous))
+    acl = (rendered / "main.acl").read_text()
+    assert not any(secret in acl for secret in [*previous.values(), *PASSWORDS.values()])
+    server = start_rendered(tmp_path, rendered, "main")
+    try:
+        def works(user, password):
+            try:
+                return redis.Redis(port=server.port, username=user, password=password).ping()
+            except redis.AuthenticationError:
+                return False
+
+        assert works(None, PASSWORDS["redis_server_password"]) and works(None, previous["default"])
+        assert works("admin", PASSWORDS["redis_server_admin_password"]) and works("admin", previous["admin"])
+        assert works("monitor", PASSWORDS["redis_server_monitor_password"])
+        assert not works("monitor", previous["admin"])
+    finally:
+        server.stop()

@@ -714,42 +714,101 @@ ROTATED = {
 }
 
 
-def test_ha_password_rotation_keeps_clients_and_replication_connected(hosts, addresses):
-    """Every password changed in one converge: connections made before stay connected, the replication
-    links never go down, the old passwords are refused after it, and a re-run changes nothing."""
+class HealthWatch:
+    """Polls every host's health checker (on its loopback, through docker exec) until stopped: the
+    statuses seen, so that a test can say none turned unhealthy."""
+
+    QUERY = "\n".join([
+        "import json, urllib.error, urllib.request",
+        "try:",
+        "    body = urllib.request.urlopen('http://127.0.0.1:9122/api/health', timeout=2).read()",
+        "except urllib.error.HTTPError as err:  # 503: unhealthy",
+        "    body = err.read()",
+        "print(json.loads(body).get('status'))",
+    ])
+
+    def __init__(self):
+        import threading
+        self.seen, self.stop = {name: set() for name in REDIS_HOSTS}, threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        end = time.monotonic() + 900
+        while not self.stop.is_set() and time.monotonic() < end:
+            for name in REDIS_HOSTS:
+                result = subprocess.run(["docker", "exec", name, "python3", "-c", self.QUERY],
+                                        capture_output=True, text=True, timeout=10, check=False)
+                self.seen[name].add(result.stdout.strip() or f"no answer: {result.stderr.strip()[-80:]}")
+            self.stop.wait(2)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(20)
+
+
+def test_ha_password_rotation_in_two_phases_keeps_clients_and_replication_connected(hosts, addresses):
+    """playbooks/rotate_credentials.yml under a writer: phase 1 (every user keeps its old password beside
+    the new one on every node, the project's clients move to the new one), then phase 2 (the old ones
+    removed). Connections made before stay connected, the old password works in phase 1 and is refused
+    after phase 2, the replication links never go down, no health checker turns unhealthy, and a re-run
+    changes nothing."""
     import redis
+    rotate = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "rotate_credentials.yml")
     primary = current_primary(hosts)
     replicas = [name for name in hosts if name != primary]
     held = redis.Redis(host=addresses[primary], port=PORT, password=VARIABLES["redis_server_password"],
                        single_connection_client=True, decode_responses=True, socket_timeout=5, **TLS)
     held_id = held.client_id()
     full_syncs = info(hosts[primary], "stats")["sync_full"]
+    previous = {"default": VARIABLES["redis_server_password"], "admin": VARIABLES["redis_server_admin_password"],
+                "monitor": VARIABLES["redis_server_monitor_password"],
+                "backup": VARIABLES["redis_server_backup_password"],
+                "replication": VARIABLES["redis_server_replication_password"],
+                "sentinel": VARIABLES["redis_server_sentinel_password"]}
     # Passwords only: the test before left tcp-backlog at 1024, and a rotation in the same run as rolling
     # restarts is not supported yet (Sentinel would lose the restarted replicas until sentinel.yml runs).
-    extra = ["-e", json.dumps(dict(ROTATED, redis_server_tcp_backlog=1024))]
-    with Writer(addresses[primary]) as writer:
-        result = _converge(*extra)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
-    for secret in ROTATED.values():
-        assert secret not in output, "a new password appears in the output"
-    assert held.client_id() == held_id and held.set("verify:rotation", "held"), "the open connection was dropped"
-    assert not writer.errors, writer.errors[:5]
+    phase_1 = dict(ROTATED, redis_server_tcp_backlog=1024, redis_server_previous_passwords=previous, rotate_phase="add")
+    phase_2 = dict(phase_1, redis_server_previous_passwords={}, rotate_phase="finish")
 
     def new(host, *args, **kwargs):
         return cli(host, *args, password=ROTATED["redis_server_admin_password"], **kwargs)
 
+    with Writer(addresses[primary]) as writer, HealthWatch() as health:
+        result = _playbook(rotate, "-e", json.dumps(phase_1))
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-3000:]
+        # Phase 1: both passwords of every user work on every node.
+        for name, host in hosts.items():
+            assert app(host, "PING") == "PONG", f"{name}: the old application password stopped working in phase 1"
+            assert cli(host, "PING", user=None, password=ROTATED["redis_server_password"]) == "PONG", name
+            assert cli(host, "PING") == "PONG" and new(host, "PING") == "PONG", f"{name}: admin's old or new password"
+        result = _playbook(rotate, "-e", json.dumps(phase_2))
+        output += result.stdout + result.stderr
+        assert result.returncode == 0, output[-3000:]
+    for secret in ROTATED.values():
+        assert secret not in output, "a new password appears in the output"
+    assert held.client_id() == held_id and held.set("verify:rotation", "held"), "the open connection was dropped"
+    assert not writer.errors, writer.errors[:5]
+    assert all(seen and "unhealthy" not in seen for seen in health.seen.values()), health.seen
     assert new(hosts[primary], "INFO", "stats").split("sync_full:")[1].split()[0] == full_syncs, "a replica resynced"
     for name in replicas:
         state = new(hosts[name], "INFO", "replication")
         assert "master_link_status:up" in state and "master_link_down_since" not in state, (name, state)
-    assert "WRONGPASS" in app(hosts[primary], "PING"), "the old application password still works"
+    for name, host in hosts.items():
+        assert "WRONGPASS" in app(host, "PING"), f"{name}: the old application password works after phase 2"
+        assert "WRONGPASS" in cli(host, "PING"), f"{name}: the old admin password works after phase 2"
     assert cli(hosts[primary], "PING", user=None, password=ROTATED["redis_server_password"]) == "PONG"
     for name in SENTINELS:
         assert "WRONGPASS" in sentinel(hosts[name], "PING"), f"{name}: the old Sentinel password still works"
         assert cli(hosts[name], "PING", user=None, password=ROTATED["redis_sentinel_password"],
                    port=SENTINEL_PORT) == "PONG"
-    rerun = _converge(*extra)
+    wrong_phase = _playbook(rotate, "-e", json.dumps(dict(phase_2, rotate_phase="add")))
+    assert wrong_phase.returncode != 0 and "rotate_phase must be add" in wrong_phase.stdout, wrong_phase.stdout[-2000:]
+    rerun = _playbook(rotate, "-e", json.dumps(phase_2))
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
     recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", rerun.stdout, re.MULTILINE)
     assert recap and all(count == "0" for _, count in recap), recap
