@@ -588,3 +588,29 @@ def test_a_renewed_certificate_is_served_live_without_a_client_error(host, env, 
     assert counts["ok"] > 10 and counts["errors"] == [], counts
     result = reconverge(server_only=True)
     assert result.returncode == 0 and re.search(r"changed=0\s", result.stdout), result.stdout[-3000:]
+
+
+def test_client_certificates_required_on_demand(host, env, reconverge):
+    """redis_server_tls_auth_clients=required is applied live: a TLS client without a certificate is refused,
+    one with a certificate the CA signed (the host's, as root) gets in; back to optional afterwards."""
+    if not env["tls"] or os.environ.get("MOLECULE_SCENARIO_NAME") != "production":
+        pytest.skip("runs in the production scenario, with TLS")
+    port = env["instances"][0]["port"]
+    with_certificate = dict(env, cli=f"{env['cli']} --cert {tls_setup.CERT_FILE} --key {tls_setup.KEY_FILE}")
+
+    def run_id():
+        return re.search(r"run_id:(\w+)", admin(host, with_certificate, port, "INFO", "server")).group(1)
+
+    started = run_id()
+    try:
+        result = reconverge("-e", "redis_server_tls_auth_clients=required", server_only=True)
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert "CONFIG SET tls-auth-clients" in result.stdout, result.stdout[-3000:]
+        assert admin(host, with_certificate, port, "CONFIG", "GET", "tls-auth-clients").splitlines()[-1] == "yes"
+        assert "PONG" not in cli(host, env, port, "PING", password=env["password"])
+        assert cli(host, with_certificate, port, "PING", password=env["password"]) == "PONG"
+        assert run_id() == started, "the instance restarted to require client certificates"
+    finally:
+        result = reconverge(server_only=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert admin(host, env, port, "CONFIG", "GET", "tls-auth-clients").splitlines()[-1] == "optional"
