@@ -12,9 +12,14 @@ Measures, with the settings the inventory deployed:
 
 Passwords come from the environment, never argv: REDIS_PASSWORD (the application's), SENTINEL_PASSWORD.
 Containers are found by address with `docker inspect`; run it on the machine that runs them.
+With TLS on (the production profile: the instances' and Sentinels' ports serve TLS only), pass the
+CA certificate the hosts' certificates chain to, as on the controller: <inventory dir>/../<inventory
+name>-tls/ca.crt, for a Molecule scenario $MOLECULE_EPHEMERAL_DIRECTORY/inventory-tls/ca.crt (`make lab`
+prints the lab's). Every connection is then TLS, the certificate checked against the address.
 
   REDIS_PASSWORD=... SENTINEL_PASSWORD=... scripts/bench-failover.py --sentinel 172.18.0.2 \
-      --sentinel 172.18.0.3 --sentinel 172.18.0.4 --trials 10 --steady 120 --rolling-inventory INVENTORY
+      --sentinel 172.18.0.3 --sentinel 172.18.0.4 --tls-ca-file CA --trials 10 --steady 120 \
+      --rolling-inventory INVENTORY
 """
 
 from __future__ import annotations
@@ -48,12 +53,19 @@ def containers_by_address():
 
 
 class Topology:
-    def __init__(self, sentinels, port, master, password, sentinel_password):
+    def __init__(self, sentinels, port, master, password, sentinel_password, tls_ca_file=None):
         self.sentinels = sentinels
         self.port = port
         self.master = master
         self.password = password
         self.sentinel_password = sentinel_password
+        # The hosts' certificates name their addresses, which is what Sentinel hands out: check them.
+        self.tls = ({"ssl": True, "ssl_ca_certs": tls_ca_file, "ssl_cert_reqs": "required",
+                     "ssl_check_hostname": True} if tls_ca_file else {})
+
+    def sentinel(self, address, timeout):
+        return redis.Redis(host=address, port=self.port, password=self.sentinel_password, socket_timeout=timeout,
+                           socket_connect_timeout=timeout, decode_responses=True, **self.tls)
 
     def primary(self, skip=()):
         """The address the first answering Sentinel (not on a skipped address) gives for the primary."""
@@ -61,8 +73,7 @@ class Topology:
             if address in skip:
                 continue
             try:
-                client = redis.Redis(host=address, port=self.port, password=self.sentinel_password,
-                                     socket_timeout=0.5, socket_connect_timeout=0.5, decode_responses=True)
+                client = self.sentinel(address, 0.5)
                 host, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master)
                 return host, int(port)
             except (redis.RedisError, OSError, TypeError, ValueError):
@@ -72,7 +83,7 @@ class Topology:
     def client(self, address, timeout=0.5):
         host, port = address
         return redis.Redis(host=host, port=port, password=self.password, socket_timeout=timeout,
-                           socket_connect_timeout=timeout, decode_responses=True)
+                           socket_connect_timeout=timeout, decode_responses=True, **self.tls)
 
     def wait_settled(self, old, timeout=120):
         """Until the old primary is a replica with its link up and no Sentinel flags it down."""
@@ -83,8 +94,7 @@ class Topology:
                 settled = info.get("role") == "slave" and info.get("master_link_status") == "up"
                 flags = []
                 for address in self.sentinels:
-                    sentinel = redis.Redis(host=address, port=self.port, password=self.sentinel_password,
-                                           socket_timeout=1, decode_responses=True)
+                    sentinel = self.sentinel(address, 1)
                     # A Sentinel that was frozen (paused with its host) stays in TILT mode for 30 s and
                     # takes no part in failovers: the next trial waits until every Sentinel is out of it.
                     if int(sentinel.info("sentinel").get("sentinel_tilt", 0)):
@@ -264,6 +274,7 @@ def main():
     parser.add_argument("--sentinel", action="append", required=True, help="address of a Sentinel (repeat)")
     parser.add_argument("--sentinel-port", type=int, default=26379)
     parser.add_argument("--master", default="main", help="Sentinel's name of the primary (the instance's name)")
+    parser.add_argument("--tls-ca-file", help="CA certificate: connect with TLS (the ports serve TLS only)")
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--pause", type=float, default=10.0, help="seconds the primary stays paused")
     parser.add_argument("--steady", type=int, default=0, help="seconds of steady load with a healthy primary")
@@ -271,8 +282,20 @@ def main():
     parser.add_argument("--static-inventory", help="inventory for converges of playbooks/redis.yml (static change)")
     parser.add_argument("--static-rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.tls_ca_file and not os.access(args.tls_ca_file, os.R_OK):
+        parser.error(f"--tls-ca-file {args.tls_ca_file}: not a readable file")
     topology = Topology(args.sentinel, args.sentinel_port, args.master,
-                        os.environ.get("REDIS_PASSWORD") or None, os.environ.get("SENTINEL_PASSWORD") or None)
+                        os.environ.get("REDIS_PASSWORD") or None, os.environ.get("SENTINEL_PASSWORD") or None,
+                        args.tls_ca_file)
+    if topology.primary() is None:
+        try:
+            topology.sentinel(args.sentinel[0], 2).ping()
+            reason = f"no Sentinel names a primary for {args.master!r}"
+        except (redis.RedisError, OSError) as error:
+            reason = f"Sentinel {args.sentinel[0]}:{args.sentinel_port}: {error}"
+            if not args.tls_ca_file:
+                reason += " (a port that serves TLS only needs --tls-ca-file)"
+        sys.exit(f"bench-failover: {reason}")
     report = {}
     if args.trials:
         figures = failover_trials(topology, args.trials, args.pause)
