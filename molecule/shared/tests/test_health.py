@@ -7,6 +7,7 @@ import shlex
 import time
 
 import pytest
+import tls_setup
 
 PORT = 9122
 
@@ -68,6 +69,21 @@ def test_health_endpoints_answer(host, instances):
     assert status == 200
     for instance in instances:
         assert f'redis_up{{redis_instance="{instance["name"]}"}} 1.0' in metrics
+
+
+def test_health_endpoints_answer_on_backups_and_certificates(host, instances):
+    """The checks that read what other parts of the host made: the backup status files (the checker, not
+    root, must be able to read them) and, with TLS, the certificate the port serves."""
+    variables = host.ansible.get_variables()
+    _, body = get(host, "/api/health/redis")
+    checks = {(i["name"], check["name"]): check for i in json.loads(body)["instances"] for check in i["checks"]}
+    for instance in instances:
+        backup = checks.get((instance["name"], "backup"))
+        if backup is not None:
+            assert "Permission denied" not in backup["reason"] and "cannot read" not in backup["reason"], backup
+        if tls_setup.tls_on(variables):
+            certificate = checks[(instance["name"], "tls_certificate")]
+            assert certificate["status"] == "healthy" and certificate["value"] > 300, certificate
 
 
 def test_stopped_redis_turns_health_unhealthy_and_back(host, instances):
