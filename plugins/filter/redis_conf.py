@@ -210,7 +210,10 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
         runtime = {key: value for key, value in changes.items() if value is not None and key in runtime_directives}
         live_replies = (results.get("live") or [None] * len(instances))[i]
         answered = isinstance(live_replies, dict) and not live_replies.get("failed") and live_replies.get("responses")
-        drift = redis_conf_drift(desired, live_replies["responses"], runtime_directives) if answered else None
+        # The replies: CONFIG GET, then (when asked) ACL USERS, the users the instance has now.
+        drift = redis_conf_drift(desired, live_replies["responses"][:1], runtime_directives) if answered else None
+        live_users = (live_replies["responses"][1] if answered and len(live_replies["responses"]) > 1
+                      and isinstance(live_replies["responses"][1], list) else None)
         if running and drift is not None:
             # What the instance runs decides: an apply that failed or was cut off, or a CONFIG SET by
             # hand, shows here; a value already live needs nothing. (No readable answer: the file diff.)
@@ -220,6 +223,11 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
             applied = state.get("acl") if state is not None else None
             known = state is not None or at("acl", i).get("changed")
             acl_now = redis_acl_changes(applied, acl_desired) if known else []
+            if live_users is not None:
+                # A user made by hand (ACL SETUSER) is in no file: it goes, whatever the state file says.
+                wanted = set(_acl_lines(acl_desired)) | {"default"}
+                acl_now += [["ACL", "DELUSER", name] for name in sorted(map(str, live_users))
+                            if name not in wanted and ["ACL", "DELUSER", name] not in acl_now]
         else:
             acl_now = [["ACL", "LOAD"]] if running and at("acl", i).get("changed") else []
         tls_sum = results.get("tls")

@@ -30,7 +30,7 @@ TLS_FILES = ["/etc/redis-infra/tls/server.crt", "/etc/redis-infra/tls/server.key
 
 
 def plan(desired, state=None, live=None, before=None, conf_changed=False, dropin="sum1", acl=ACL, running=True,
-         dropin_now=None, tls=None):
+         dropin_now=None, tls=None, users=None):
     results = {
         "services": {"redis-server@main.service": {"state": "running" if running else "stopped"}},
         "before": [b64(before) if before is not None else {}],
@@ -42,7 +42,9 @@ def plan(desired, state=None, live=None, before=None, conf_changed=False, dropin
         "acl": [{"changed": False}],
         "acl_desired": [acl],
         "state": [b64(json.dumps(state)) if state is not None else {"failed": True}],
-        "live": [{"responses": live} if live is not None else {"skipped": True}],
+        # As the role asks: one CONFIG GET (one flat reply), then ACL USERS.
+        "live": [{"responses": [sum(live, [])] + ([users] if users is not None else [])}
+                 if live is not None else {"skipped": True}],
         "tls": tls,
         "tls_files": TLS_FILES,
     }
@@ -205,3 +207,11 @@ def test_tls_off_keeps_the_state_as_before():
     desired = "port 6379\n"
     step = plan(desired, state(desired), [], tls=None)
     assert "tls" not in json.loads(step["state"]) and step["state_current"]
+
+
+def test_a_user_made_by_hand_is_removed_and_the_known_ones_stay():
+    desired = "maxmemory 2gb\n"
+    step = plan(desired, state(desired), [["maxmemory", "2147483648"]], users=["admin", "default", "intruder"])
+    assert step["acl"] == [["ACL", "DELUSER", "intruder"]] and "ACL users intruder" in step["summary"]
+    quiet = plan(desired, state(desired), [["maxmemory", "2147483648"]], users=["admin", "default"])
+    assert (quiet["acl"], quiet["summary"], quiet["state_current"]) == ([], "", True)

@@ -614,3 +614,16 @@ def test_client_certificates_required_on_demand(host, env, reconverge):
         result = reconverge(server_only=True)
     assert result.returncode == 0, result.stdout[-3000:]
     assert admin(host, env, port, "CONFIG", "GET", "tls-auth-clients").splitlines()[-1] == "optional"
+
+
+def test_a_user_added_by_hand_is_removed_by_the_next_run(host, env, reconverge):
+    """ACL SETUSER by hand (an intruder's backdoor, or a forgotten test user): the next run removes it."""
+    if os.environ.get("MOLECULE_SCENARIO_NAME") != "production":
+        pytest.skip("runs in the production scenario")
+    port = env["instances"][0]["port"]
+    assert admin(host, env, port, "ACL", "SETUSER", "intruder", "on", ">intruder-password-0123456789", "~*",
+                 "+@all") == "OK"
+    result = reconverge(server_only=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "ACL users intruder" in result.stdout, result.stdout[-3000:]
+    assert "intruder" not in admin(host, env, port, "ACL", "USERS").split()
