@@ -1,0 +1,354 @@
+# Copyright: redis-infra contributors
+# MIT License (see LICENSE)
+"""Redis Cluster from observed state: what every node says, and the plan that forms or completes the cluster.
+
+Pure functions (no I/O) for the redis_cluster module and its tests. A node of the inventory is a dict
+with `host` (inventory name), `name` (instance name), `address` and `port`; its observation adds what
+it answered: `id` (CLUSTER MYID), `nodes` (CLUSTER NODES text), `keys` (DBSIZE) or `error`.
+
+The rules (docs/cluster.md): a cluster is created only when no node belongs to one and every node is
+empty; a formed cluster is completed (missing nodes met, missing replicas attached, unassigned slots
+of an empty cluster assigned) but never re-created; a node that holds keys or knows nodes outside the
+inventory is never reset; anything else is refused before a single command is sent.
+"""
+
+from __future__ import annotations
+
+SLOTS = 16384
+
+
+class ClusterRefused(Exception):
+    """The evidence does not allow a safe decision: nothing is changed."""
+
+
+def parse_nodes(text):
+    """CLUSTER NODES text -> {id: entry}; entry: address, port, flags (set), primary (id or None), slots
+    (list of (start, end)), epoch, link."""
+    entries = {}
+    for line in (text or "").splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        node_id, address, flags, primary, _ping, _pong, epoch, link = fields[:8]
+        host_port = address.split("@", 1)[0].split(",", 1)[0]
+        host, _, port = host_port.rpartition(":")
+        slots = []
+        for item in fields[8:]:
+            if item.startswith("["):  # a slot being migrated or imported
+                continue
+            start, _, end = item.partition("-")
+            slots.append((int(start), int(end or start)))
+        entries[node_id] = {
+            "id": node_id, "address": host, "port": int(port) if port.isdigit() else 0,
+            "flags": set(flags.split(",")), "primary": None if primary == "-" else primary,
+            "slots": slots, "epoch": int(epoch), "link": link,
+            "migrating": any(item.startswith("[") for item in fields[8:]),
+        }
+    return entries
+
+
+def _label(node):
+    return f"{node['host']}/{node['name']} ({node['address']}:{node['port']})"
+
+
+def _count(ranges):
+    return sum(end - start + 1 for start, end in ranges)
+
+
+def slot_ranges(primaries):
+    """The 16384 slots split evenly over `primaries` primaries, in order: a list of (start, end)."""
+    base, extra = divmod(SLOTS, primaries)
+    ranges, start = [], 0
+    for index in range(primaries):
+        size = base + (1 if index < extra else 0)
+        ranges.append((start, start + size - 1))
+        start += size
+    return ranges
+
+
+def _missing(ranges):
+    """Slots not in ranges, as (start, end) runs."""
+    taken = [False] * SLOTS
+    for start, end in ranges:
+        for slot in range(start, end + 1):
+            taken[slot] = True
+    runs, start = [], None
+    for slot, used in enumerate(taken + [True]):
+        if not used and start is None:
+            start = slot
+        elif used and start is not None:
+            runs.append((start, slot - 1))
+            start = None
+    return runs
+
+
+def _interleaved(nodes):
+    """Nodes ordered host by host in turns: the first instance of each host, then the second of each..."""
+    hosts = []
+    for node in nodes:
+        if node["host"] not in hosts:
+            hosts.append(node["host"])
+    per_host = {host: [node for node in nodes if node["host"] == host] for host in hosts}
+    result = []
+    for turn in range(max(len(items) for items in per_host.values())):
+        result += [per_host[host][turn] for host in hosts if turn < len(per_host[host])]
+    return result
+
+
+def place_replicas(needs, candidates, hosts_order):
+    """Anti-affinity over hosts: assign candidates to primaries' missing replicas, none on its primary's host.
+
+    needs: list of (primary node, count, hosts already holding one of its replicas); candidates: nodes.
+    Returns [(replica, primary)], or raises ClusterRefused when no placement keeps every replica off its
+    primary's host. A replica on a host that already holds one of the same primary's replicas is avoided
+    while another placement exists.
+    """
+    # One set per primary, shared by its slots: the hosts holding one of its replicas so far.
+    shared = [(primary, count, set(taken)) for primary, count, taken in needs]
+    slots = [(primary, taken) for primary, count, taken in shared for _ in range(count)]
+
+    def order(primary, pool):
+        # Prefer the host that follows the primary's host (a rotation: h1->h2, h2->h3, h3->h1), then the
+        # host with the most candidates left.
+        position = hosts_order.index(primary["host"]) if primary["host"] in hosts_order else 0
+        rotation = {host: (hosts_order.index(host) - position) % max(len(hosts_order), 1) for host in hosts_order}
+        left = {}
+        for node in pool:
+            left[node["host"]] = left.get(node["host"], 0) + 1
+        return sorted(pool, key=lambda node: (rotation.get(node["host"], 0), -left[node["host"]]))
+
+    def solve(index, pool, strict, skips):
+        if index == len(slots):
+            return []
+        primary, taken = slots[index]
+        for node in order(primary, pool):
+            if node["host"] == primary["host"] or (strict and node["host"] in taken):
+                continue
+            taken.add(node["host"])
+            rest = solve(index + 1, [other for other in pool if other is not node], strict, skips)
+            taken.discard(node["host"])
+            if rest is not None:
+                return [(node, primary)] + rest
+        # Fewer candidates than missing replicas: some primaries stay short (the caller says so).
+        return solve(index + 1, pool, strict, skips - 1) if skips > 0 else None
+
+    for strict in (True, False):
+        found = solve(0, list(candidates), strict, max(len(slots) - len(candidates), 0))
+        if found is not None:
+            return found
+    wanted = ", ".join(f"{_label(primary)} needs {count}" for primary, count, _taken in needs if count)
+    raise ClusterRefused(
+        f"no placement puts every replica on another host than its primary ({wanted}; candidates: "
+        f"{', '.join(_label(node) for node in candidates) or 'none'}): add hosts or lower the replicas per shard")
+
+
+def plan(observed, replicas):
+    """What to do with the observed nodes: a dict with `actions` (in order, each a dict with `node` (index
+    into observed), `phase` (epoch, meet, slots, replicate), `command` and `why`), `state` (new, complete,
+    completing), `primaries` and `replicas_short` (replicas the nodes cannot provide: a warning, the cluster
+    works without them); raises ClusterRefused. The caller waits for agreement() after the meetings
+    ("known") and after everything ("ok")."""
+    down = [node for node in observed if node.get("error")]
+    if down:
+        raise ClusterRefused("not every node answered, and the cluster is decided from every node's view: "
+                             + "; ".join(f"{_label(node)}: {node['error']}" for node in down))
+    ours = {node["id"]: index for index, node in enumerate(observed)}
+    views = [parse_nodes(node["nodes"]) for node in observed]
+    foreign = []
+    for node, view in zip(observed, views, strict=True):
+        strangers = [entry for entry_id, entry in view.items()
+                     if entry_id not in ours and "handshake" not in entry["flags"]]
+        if strangers:
+            foreign.append(f"{_label(node)} knows {', '.join(e['address'] + ':' + str(e['port']) for e in strangers)}")
+    if foreign:
+        raise ClusterRefused(
+            "nodes outside the inventory belong to the cluster (" + "; ".join(foreign) + "): add them to the "
+            "inventory, or remove them from the cluster by hand (docs/cluster.md); nothing was changed")
+
+    # Who knows whom: nodes that know each other are one cluster (union of the views).
+    parent = list(range(len(observed)))
+
+    def root(index):
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = parent[index]
+        return index
+
+    for index, view in enumerate(views):
+        for entry_id in view:
+            if entry_id in ours:
+                parent[root(ours[entry_id])] = root(index)
+    groups = {}
+    for index in range(len(observed)):
+        groups.setdefault(root(index), []).append(index)
+    assigned = {root_index: [slot for index in members for slot in views[index][observed[index]["id"]]["slots"]]
+                for root_index, members in groups.items()}
+    formed = [members for root_index, members in groups.items() if assigned[root_index] or len(members) > 1]
+    if len(formed) > 1:
+        raise ClusterRefused(
+            "the nodes form more than one cluster ("
+            + " | ".join(", ".join(_label(observed[i]) for i in members) for members in formed)
+            + "): merging clusters loses data, so it is left to you (docs/cluster.md); nothing was changed")
+    cluster = formed[0] if formed else []
+    outsiders = [index for index in range(len(observed)) if index not in cluster]
+    for index in outsiders:
+        if int(observed[index].get("keys") or 0) > 0:
+            raise ClusterRefused(
+                f"{_label(observed[index])} is not in the cluster and holds {observed[index]['keys']} keys: the "
+                "role never resets a node with data; empty it (or move its data into the cluster) by hand; "
+                "nothing was changed")
+
+    hosts_order = []
+    for node in observed:
+        if node["host"] not in hosts_order:
+            hosts_order.append(node["host"])
+    actions = []
+
+    def act(index, phase, command, why):
+        actions.append({"node": index, "phase": phase, "command": [str(part) for part in command], "why": why})
+
+    # The view of the cluster: the first member's (every member must agree before anything changes).
+    if cluster:
+        reference = views[cluster[0]]
+        for index in cluster[1:]:
+            mine = {entry_id: sorted(entry["slots"]) for entry_id, entry in views[index].items() if entry_id in ours}
+            theirs = {entry_id: sorted(entry["slots"]) for entry_id, entry in reference.items() if entry_id in ours}
+            if mine != theirs:
+                raise ClusterRefused(
+                    f"{_label(observed[index])} and {_label(observed[cluster[0]])} disagree about the slots: the "
+                    "cluster is still settling or needs `redis-cli --cluster fix` (docs/cluster.md); "
+                    "nothing was changed")
+        if any(entry["migrating"] for view in views for entry in view.values()):
+            raise ClusterRefused("slots are being migrated (open slots): finish or fix them first with "
+                                 "`redis-cli --cluster fix` (docs/cluster.md); nothing was changed")
+        keys_in_cluster = sum(int(observed[index].get("keys") or 0) for index in cluster)
+    else:
+        reference, keys_in_cluster = {}, 0
+
+    # Masters with slots are the primaries; a member without slots and without a primary is free.
+    primaries = [index for index in cluster
+                 if "master" in reference.get(observed[index]["id"], {}).get("flags", ())
+                 and reference[observed[index]["id"]]["slots"]]
+    # Free: neither the reference nor the node itself names a primary for it (a primary that was just
+    # failed over learns its new role first).
+    members_free = [index for index in cluster if index not in primaries
+                    and not reference.get(observed[index]["id"], {}).get("primary")
+                    and not views[index][observed[index]["id"]]["primary"]]
+    missing = _missing([slot for entry in reference.values() for slot in entry["slots"]]) if primaries else []
+    # The creation plan: primaries spread over the hosts in turns, the slots split evenly among them in
+    # that order. A new cluster is made from it; so is the rest of an empty one a run left unfinished.
+    creating = not primaries or bool(missing)
+    if creating:
+        if keys_in_cluster:
+            raise ClusterRefused(
+                f"{_count(missing) if primaries else SLOTS} slots are not assigned and the cluster holds keys: assign "
+                "them with `redis-cli --cluster fix` (docs/cluster.md); nothing was changed")
+        if len(observed) % (replicas + 1):
+            raise ClusterRefused(f"{len(observed)} nodes cannot make shards of 1 primary and {replicas} replicas")
+        chosen = [observed.index(node) for node in _interleaved(observed)[:len(observed) // (replicas + 1)]]
+        if len(chosen) < 3:
+            raise ClusterRefused(f"a cluster needs at least 3 primaries; {len(observed)} nodes with {replicas} "
+                                 f"replicas per shard give {len(chosen)}")
+        if not set(primaries) <= set(chosen):
+            raise ClusterRefused("the slots a cut-off run assigned do not follow the creation plan: assign the rest "
+                                 "with `redis-cli --cluster fix` (docs/cluster.md); nothing was changed")
+        # A fresh node's config epoch is 0: distinct epochs before the meeting avoid the collisions the
+        # cluster would otherwise resolve one by one.
+        for index in outsiders:
+            if views[index][observed[index]["id"]]["epoch"] == 0 and len(views[index]) == 1:
+                act(index, "epoch", ["CLUSTER", "SET-CONFIG-EPOCH", index + 1],
+                    "distinct config epoch before the meeting")
+    else:
+        chosen = primaries
+    anchor = cluster[0] if cluster else chosen[0]
+    for index in outsiders:
+        if index != anchor:
+            act(anchor, "meet", ["CLUSTER", "MEET", observed[index]["address"], observed[index]["port"]],
+                f"{_label(observed[index])} joins the cluster")
+
+    # Slots: a new cluster gets them all; an empty one with unassigned slots gets the missing ones.
+    if creating:
+        for index, (start, end) in zip(chosen, slot_ranges(len(chosen)), strict=True):
+            for low, high in (missing if primaries else [(start, end)]):
+                low, high = max(low, start), min(high, end)
+                if low <= high:
+                    act(index, "slots", ["CLUSTER", "ADDSLOTSRANGE", low, high],
+                        f"{_label(observed[index])} serves slots {low}-{high}")
+
+    # Replicas: every primary gets `replicas` of them, each on another host than its primary.
+    candidates = [index for index in range(len(observed)) if index not in chosen
+                  and (index in outsiders or index in members_free)]
+    needs = []
+    for index in chosen:
+        have = [other for other, entry in reference.items()
+                if entry.get("primary") == observed[index]["id"] and other in ours]
+        taken = {observed[ours[other]]["host"] for other in have}
+        needs.append((observed[index], max(replicas - len(have), 0), taken))
+    wanted = sum(count for _primary, count, _taken in needs)
+    if len(candidates) > wanted:
+        raise ClusterRefused(
+            f"{len(candidates)} nodes have no place in the cluster as it is ({wanted} replicas missing): adding "
+            "primaries (growing the cluster) and rebalancing is not done by this release; nodes: "
+            + ", ".join(_label(observed[index]) for index in candidates) + "; nothing was changed")
+    placement = place_replicas(needs, [observed[index] for index in candidates], hosts_order) if candidates else []
+    for replica, primary in placement:
+        act(observed.index(replica), "replicate", ["CLUSTER", "REPLICATE", primary["id"]],
+            f"{_label(replica)} replicates {_label(primary)}")
+    short = wanted - len(placement)
+    return {"actions": actions, "state": "new" if not primaries else ("complete" if not actions else "completing"),
+            "primaries": [observed[index] for index in chosen], "replicas_short": short}
+
+
+def agreement(observed, what):
+    """Whether the observed views satisfy a wait of plan(): `known` (every node knows every node, none
+    in handshake), `slots` (every node sees every primary's slots as the others do) or `ok`
+    (cluster_state ok everywhere, `info` holding CLUSTER INFO text). Returns (bool, reason)."""
+    ids = {node["id"] for node in observed}
+    views = [parse_nodes(node.get("nodes")) for node in observed]
+    for node, view in zip(observed, views, strict=True):
+        known = {entry_id for entry_id, entry in view.items() if "handshake" not in entry["flags"]}
+        if not ids <= known:
+            return False, f"{_label(node)} does not know every node yet"
+    if what == "known":
+        return True, ""
+    maps = [{entry_id: sorted(entry["slots"]) for entry_id, entry in view.items() if entry_id in ids} for view in views]
+    if any(mapping != maps[0] for mapping in maps[1:]):
+        return False, "the nodes do not agree about the slots yet"
+    if what == "slots":
+        return True, ""
+    for node in observed:
+        if "cluster_state:ok" not in (node.get("info") or ""):
+            return False, f"{_label(node)} does not say cluster_state:ok yet"
+    for node, view in zip(observed, views, strict=True):
+        own = view.get(node["id"], {})
+        if own.get("primary") and view.get(own["primary"], {}).get("link") != "connected":
+            return False, f"{_label(node)} is not linked to its primary yet"
+    return True, ""
+
+
+def settled(observed):
+    """Whether every node that answered sees the same primary and slots for every node of the inventory
+    (after a failover the views converge within a few cluster pings)."""
+    ids = {node["id"] for node in observed if node.get("id")}
+    maps = [{entry_id: (entry["primary"], sorted(entry["slots"]))
+             for entry_id, entry in parse_nodes(node["nodes"]).items()
+             if entry_id in ids and "handshake" not in entry["flags"]}
+            for node in observed if not node.get("error")]
+    # Compared on the nodes both know: a node outside the cluster knows only itself.
+    return all(mine[key] == theirs[key] for mine in maps for theirs in maps for key in mine.keys() & theirs.keys())
+
+
+def summary(observed):
+    """One dict per node from its own view: host, name, address, port, id, role, primary (host/name), slots."""
+    by_id = {node["id"]: node for node in observed}
+    result = []
+    for node in observed:
+        own = parse_nodes(node.get("nodes")).get(node["id"], {})
+        primary = by_id.get(own.get("primary") or "")
+        result.append({
+            "host": node["host"], "name": node["name"], "address": node["address"], "port": node["port"],
+            "id": node["id"], "role": "replica" if own.get("primary") else "primary",
+            "primary": f"{primary['host']}/{primary['name']}" if primary else None,
+            "slots": [f"{start}-{end}" for start, end in own.get("slots", [])],
+        })
+    return result

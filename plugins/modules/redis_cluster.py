@@ -1,0 +1,235 @@
+#!/usr/bin/python
+# Copyright: redis-infra contributors
+# MIT License (see LICENSE)
+"""Form or complete a Redis Cluster from what every node says."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: redis_cluster
+short_description: Form or complete a Redis or Valkey cluster from the observed state of every node
+version_added: 1.1.0
+author:
+  - redis-infra contributors (@redis-infra)
+description:
+  - Asks every node (C(CLUSTER MYID), C(CLUSTER NODES), C(DBSIZE), C(CLUSTER INFO)) and decides from all the
+    answers. Nothing is sent before every node has answered and the plan is known to be safe.
+  - With no cluster among the nodes and every node empty, creates one; the primaries are spread over the hosts
+    in turns, the 16384 slots are split evenly among them, and each primary gets O(replicas) replicas, none on
+    its primary's host (anti-affinity over hosts).
+  - With a formed cluster, completes it and nothing else; nodes of the inventory outside it are met and
+    attached as replicas where a primary has fewer than O(replicas); an empty cluster a run left unfinished
+    gets its missing slots. The cluster's own view of who is a primary wins over the inventory.
+  - Refuses, without changing anything, when a node does not answer, a node outside the cluster holds keys,
+    the nodes form more than one cluster, a node knows nodes outside the inventory, slots are open or
+    unassigned in a cluster with keys, or nodes would be left over (growing a cluster is not done here).
+    A node is never reset.
+  - Connects to each node over TCP at its O(nodes[].address) and O(nodes[].port) with the credentials and
+    TLS settings of O(connection_file) (a connection file of the redis_server role, an admin user's).
+options:
+  connection_file:
+    description: Connection file on the host the module runs on, whose user may run C(CLUSTER) commands.
+    type: path
+    required: true
+  nodes:
+    description: Every node the cluster is made of.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      host:
+        description: Inventory name of the node's host (the unit of anti-affinity).
+        type: str
+        required: true
+      name:
+        description: Instance name on that host.
+        type: str
+        required: true
+      address:
+        description: Address the node announces and is reached at.
+        type: str
+        required: true
+      port:
+        description: The node's client port (the bus port is this plus 10000).
+        type: int
+        required: true
+  replicas:
+    description: Replicas per primary.
+    type: int
+    default: 1
+  timeout:
+    description: Seconds to wait for the nodes to agree after each step.
+    type: int
+    default: 60
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: In check mode the nodes are asked and RV(actions) lists what would be done.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: posix
+notes:
+  - Every node must share the credentials of O(connection_file) (the role's admin user and password).
+"""
+
+EXAMPLES = r"""
+- name: Form the cluster (or complete it)
+  redis_infra.redis.redis_cluster:
+    connection_file: /etc/redis-infra/connections/a-admin.toml
+    nodes:
+      - {host: redis-1, name: a, address: 10.0.0.1, port: 7000}
+      - {host: redis-2, name: a, address: 10.0.0.2, port: 7000}
+      - {host: redis-3, name: a, address: 10.0.0.3, port: 7000}
+      - {host: redis-1, name: b, address: 10.0.0.1, port: 7001}
+      - {host: redis-2, name: b, address: 10.0.0.2, port: 7001}
+      - {host: redis-3, name: b, address: 10.0.0.3, port: 7001}
+    replicas: 1
+  run_once: true
+"""
+
+RETURN = r"""
+actions:
+  description: What was done (or, in check mode, would be done), in order, one sentence each.
+  returned: always
+  type: list
+  elements: str
+state:
+  description: V(new) (no cluster was there), V(completing) (a formed cluster was completed) or V(complete).
+  returned: always
+  type: str
+nodes:
+  description: Each node as it sees itself at the end, with C(host), C(name), C(address), C(port), C(id), C(role)
+    (V(primary) or V(replica)), C(primary) (host/name of its primary) and C(slots).
+  returned: always
+  type: list
+  elements: dict
+"""
+
+import time
+import tomllib
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.redis_infra.redis.plugins.module_utils.cluster import (
+    ClusterRefused,
+    agreement,
+    plan,
+    settled,
+    summary,
+)
+from ansible_collections.redis_infra.redis.plugins.module_utils.resp import RedisReplyError, TLSFilesError, connect
+
+
+def observe(settings, nodes, timeout=5):
+    """Each node with what it answered (id, nodes, keys, info) or an error."""
+    result = []
+    for node in nodes:
+        item = dict(node)
+        node_settings = {key: value for key, value in settings.items() if key != "unix_socket"}
+        node_settings.update(host=node["address"], port=node["port"])
+        try:
+            conn = connect(node_settings, timeout)
+            try:
+                item["id"] = conn.call("CLUSTER", "MYID")
+                item["nodes"] = conn.call("CLUSTER", "NODES")
+                item["keys"] = conn.call("DBSIZE")
+                item["info"] = conn.call("CLUSTER", "INFO")
+            finally:
+                conn.close()
+        except (OSError, ConnectionError, RedisReplyError, TLSFilesError) as exc:
+            item["error"] = str(exc) or type(exc).__name__
+        result.append(item)
+    return result
+
+
+def wait_for(settings, nodes, what, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        observed = observe(settings, nodes)
+        errors = [f"{node['host']}/{node['name']}: {node['error']}" for node in observed if node.get("error")]
+        done, reason = (False, "; ".join(errors)) if errors else agreement(observed, what)
+        if done:
+            return observed
+        if time.monotonic() >= deadline:
+            raise ClusterRefused(f"the nodes did not agree within {timeout} s ({what}): {reason}")
+        time.sleep(0.5)
+
+
+def run(settings, nodes, replicas, timeout, check_mode):
+    """Observe, plan and (unless check_mode) act; returns the module's result. Raises ClusterRefused."""
+    # Views that differ (a failover or a meeting still spreading) settle within a few cluster pings: the
+    # plan is made from views that agree, or from the last ones, which it refuses when slots differ.
+    deadline = time.monotonic() + min(timeout, 15)
+    observed = observe(settings, nodes)
+    while not settled(observed) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        observed = observe(settings, nodes)
+    decided = plan(observed, replicas)
+    actions = decided["actions"]
+    done = []
+    if not check_mode and actions:
+        for phase in ("epoch", "meet", "slots", "replicate"):
+            steps = [action for action in actions if action["phase"] == phase]
+            if phase in ("slots", "replicate") and any(a["phase"] == "meet" for a in actions):
+                wait_for(settings, nodes, "known", timeout)
+            for action in steps:
+                node = observed[action["node"]]
+                node_settings = {key: value for key, value in settings.items() if key != "unix_socket"}
+                node_settings.update(host=node["address"], port=node["port"])
+                conn = connect(node_settings, 10)
+                try:
+                    reply = conn.call(*action["command"])
+                except RedisReplyError as exc:
+                    raise ClusterRefused(f"{' '.join(action['command'][:2])} on {node['host']}/{node['name']} failed "
+                                         f"({exc}) after: {'; '.join(done) or 'nothing'}") from None
+                finally:
+                    conn.close()
+                if reply != "OK":
+                    raise ClusterRefused(f"{' '.join(action['command'][:2])} on {node['host']}/{node['name']} "
+                                         f"answered {reply!r}")
+                done.append(action["why"])
+        observed = wait_for(settings, nodes, "ok", timeout)
+    warnings = []
+    if decided["replicas_short"]:
+        warnings.append(f"{decided['replicas_short']} replicas are missing: not enough nodes on other hosts than "
+                        "their primaries")
+    return {"changed": bool(actions), "actions": [action["why"] for action in actions], "state": decided["state"],
+            "nodes": summary(observed), "warnings": warnings}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "connection_file": {"type": "path", "required": True},
+            "nodes": {"type": "list", "elements": "dict", "required": True, "options": {
+                "host": {"type": "str", "required": True},
+                "name": {"type": "str", "required": True},
+                "address": {"type": "str", "required": True},
+                "port": {"type": "int", "required": True},
+            }},
+            "replicas": {"type": "int", "default": 1},
+            "timeout": {"type": "int", "default": 60},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        with open(params["connection_file"], "rb") as handle:
+            settings = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        module.fail_json(msg=f"cannot read connection file {params['connection_file']}: {exc}")
+    try:
+        result = run(settings, params["nodes"], params["replicas"], params["timeout"], module.check_mode)
+    except ClusterRefused as exc:
+        module.fail_json(msg=str(exc))
+    for warning in result.pop("warnings"):
+        module.warn(warning)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""The redis_cluster module's decisions (plugins/module_utils/cluster.py) and its run against real
+cluster-enabled redis-server processes on loopback: six nodes, TLS on the client port and the cluster bus,
+ACL users as the role writes them. "Hosts" are labels here: anti-affinity is checked on them."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "collections"))
+
+import random  # noqa: E402
+import socket  # noqa: E402
+
+from ansible_collections.redis_infra.redis.plugins.module_utils import cluster  # noqa: E402
+from ansible_collections.redis_infra.redis.plugins.module_utils.resp import connect  # noqa: E402
+from ansible_collections.redis_infra.redis.plugins.modules import redis_cluster  # noqa: E402
+
+PASSWORD = "cluster-admin-password-0123456789abcdef"
+HOSTS = ("h1", "h2", "h3")
+
+
+def free_port() -> int:
+    """A free port below 55536 whose cluster bus port (+10000) is free too."""
+    while True:
+        port = random.randint(20000, 45000)  # noqa: S311
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+
+
+def _nodes(count: int, hosts=HOSTS) -> list[dict]:
+    """Nodes spread over the hosts in turns, named a, b, ... per host."""
+    return [{"host": hosts[i % len(hosts)], "name": "abcdefgh"[i // len(hosts)], "address": "127.0.0.1",
+             "port": free_port()} for i in range(count)]
+
+
+@pytest.fixture
+def start_nodes(redis_factory, tls_files):
+    """Start cluster-enabled servers for node dicts; returns (settings for the module, nodes)."""
+
+    def start(nodes: list[dict], extra: str = ""):
+        for node in nodes:
+            redis_factory(
+                tls_files.server_config(node["port"])
+                + "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 2000\n"
+                "tls-cluster yes\ncluster-announce-ip 127.0.0.1\n"
+                f"user default off\nuser admin on >{PASSWORD} ~* &* +@all\n"
+                f"masteruser admin\nmasterauth {PASSWORD}\n" + extra, port=node["port"])
+        settings = {"name": "main", "username": "admin", "password": PASSWORD, "tls": True,
+                    "tls_ca_file": str(tls_files.ca_file)}
+        return settings, nodes
+
+    return start
+
+
+def _call(settings, node, *command):
+    conn = connect(dict(settings, host=node["address"], port=node["port"]), 5)
+    try:
+        return conn.call(*command)
+    finally:
+        conn.close()
+
+
+def _by_name(result):
+    return {f"{node['host']}/{node['name']}": node for node in result["nodes"]}
+
+
+# --- Decisions, without servers ---------------------------------------------------------------------------
+
+def test_slot_ranges_cover_every_slot_once():
+    for primaries in (3, 4, 5, 7):
+        ranges = cluster.slot_ranges(primaries)
+        assert ranges[0][0] == 0 and ranges[-1][1] == cluster.SLOTS - 1
+        assert all(b[0] == a[1] + 1 for a, b in zip(ranges, ranges[1:], strict=False))
+        sizes = [end - start + 1 for start, end in ranges]
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_replicas_never_share_their_primarys_host():
+    nodes = [dict(node, id=f"id{i}") for i, node in enumerate(_nodes(9))]
+    primaries, candidates = nodes[:3], nodes[3:]
+    placed = cluster.place_replicas([(p, 2, set()) for p in primaries], candidates, list(HOSTS))
+    assert len(placed) == 6
+    for replica, primary in placed:
+        assert replica["host"] != primary["host"]
+    # Two replicas of one primary land on two different hosts when the hosts allow it.
+    for primary in primaries:
+        hosts = [replica["host"] for replica, owner in placed if owner is primary]
+        assert len(set(hosts)) == 2
+
+
+def test_a_placement_that_needs_a_replica_beside_its_primary_is_refused():
+    nodes = _nodes(6, hosts=("h1",))
+    with pytest.raises(cluster.ClusterRefused, match="another host than its primary"):
+        cluster.place_replicas([(p, 1, set()) for p in nodes[:3]], nodes[3:], ["h1"])
+
+
+def test_parse_nodes_reads_slots_flags_and_open_slots():
+    text = ("a1 10.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460 6000 [5461->-b2]\n"
+            "b2 10.0.0.2:7000@17000,host2 slave a1 0 1700000000 1 connected\n")
+    view = cluster.parse_nodes(text)
+    assert view["a1"]["slots"] == [(0, 5460), (6000, 6000)] and view["a1"]["migrating"]
+    assert view["b2"]["primary"] == "a1" and view["b2"]["address"] == "10.0.0.2" and view["b2"]["port"] == 7000
+    assert "myself" in view["a1"]["flags"]
+
+
+# --- Against real servers -----------------------------------------------------------------------------------
+
+def test_check_mode_creates_nothing_then_a_run_forms_the_cluster_over_tls(start_nodes):
+    settings, nodes = start_nodes(_nodes(6))
+    preview = redis_cluster.run(settings, nodes, 1, 30, check_mode=True)
+    assert preview["changed"] and preview["state"] == "new"
+    assert sum("serves slots" in action for action in preview["actions"]) == 3
+    assert sum("replicates" in action for action in preview["actions"]) == 3
+    # Nothing was sent: every node still knows only itself.
+    assert all(len(_call(settings, node, "CLUSTER", "NODES").splitlines()) == 1 for node in nodes)
+
+    result = redis_cluster.run(settings, nodes, 1, 30, check_mode=False)
+    assert result["changed"] and result["state"] == "new"
+    primaries = [node for node in result["nodes"] if node["role"] == "primary"]
+    replicas = [node for node in result["nodes"] if node["role"] == "replica"]
+    assert len(primaries) == 3 and len(replicas) == 3
+    # One primary per host, and each replica on another host than its primary.
+    assert sorted(node["host"] for node in primaries) == list(HOSTS)
+    for replica in replicas:
+        assert replica["primary"] and replica["primary"].split("/")[0] != replica["host"]
+    for node in nodes:
+        info = _call(settings, node, "CLUSTER", "INFO")
+        assert "cluster_state:ok" in info and "cluster_slots_assigned:16384" in info and "cluster_known_nodes:6" in info
+
+    # A real cluster client writes through every shard, over TLS.
+    redis = pytest.importorskip("redis")
+    client = redis.RedisCluster(host="127.0.0.1", port=nodes[0]["port"], username="admin", password=PASSWORD,
+                                ssl=True, ssl_ca_certs=settings["tls_ca_file"])
+    try:
+        for i in range(200):
+            client.set(f"app:key:{i}", i)
+        assert [int(client.get(f"app:key:{i}")) for i in range(200)] == list(range(200))
+        holders = {client.keyslot(f"app:key:{i}") // 5462 for i in range(200)}
+        assert holders == {0, 1, 2}
+    finally:
+        client.close()
+
+    # Again: nothing to do.
+    again = redis_cluster.run(settings, nodes, 1, 30, check_mode=False)
+    assert not again["changed"] and again["state"] == "complete" and again["actions"] == []
+
+    # After a failover the cluster's view wins: the run changes nothing and moves nobody back.
+    replica = next(node for node in nodes if _by_name(result)[f"{node['host']}/{node['name']}"]["role"] == "replica")
+    assert _call(settings, replica, "CLUSTER", "FAILOVER") == "OK"
+    deadline = time.monotonic() + 20
+    while _call(settings, replica, "ROLE")[0] != "master":
+        assert time.monotonic() < deadline, "the replica did not take over"
+        time.sleep(0.2)
+    after = redis_cluster.run(settings, nodes, 1, 30, check_mode=False)
+    assert not after["changed"], after
+    assert _by_name(after)[f"{replica['host']}/{replica['name']}"]["role"] == "primary"
+
+    # A node of the inventory that holds keys outside the cluster is refused, and left alone.
+    extra = _nodes(1, hosts=("h4",))
+    # A lone cluster node refuses SET for slots it does not serve: the data arrives as an old data set would.
+    start_nodes(extra, "enable-debug-command yes\n")
+    _call(settings, extra[0], "DEBUG", "POPULATE", 1)
+    with pytest.raises(cluster.ClusterRefused, match="holds 1 keys"):
+        redis_cluster.run(settings, nodes + extra, 1, 30, check_mode=False)
+    assert len(_call(settings, extra[0], "CLUSTER", "NODES").splitlines()) == 1
+    assert len(_call(settings, nodes[0], "CLUSTER", "NODES").splitlines()) == 6
+
+    # A node missing from the inventory: the cluster knows it, so the run refuses (no shrink by omission).
+    with pytest.raises(cluster.ClusterRefused, match="outside the inventory"):
+        redis_cluster.run(settings, nodes[:-1], 1, 30, check_mode=False)
+
+
+def test_an_empty_node_added_to_the_inventory_becomes_the_missing_replica(start_nodes):
+    settings, nodes = start_nodes(_nodes(6))
+    # Five nodes cannot make shards of two: refused before anything is sent.
+    with pytest.raises(cluster.ClusterRefused, match="cannot make shards"):
+        redis_cluster.run(settings, nodes[:5], 1, 30, check_mode=False)
+    # Three primaries without replicas, then the inventory gains three nodes: they become the replicas.
+    redis_cluster.run(settings, nodes[:3], 0, 30, check_mode=False)
+    result = redis_cluster.run(settings, nodes, 1, 30, check_mode=False)
+    assert result["changed"] and result["state"] == "completing"
+    replicas = [node for node in result["nodes"] if node["role"] == "replica"]
+    assert len(replicas) == 3
+    assert all(node["primary"].split("/")[0] != node["host"] for node in replicas)
+
+
+def test_a_run_cut_off_after_the_meeting_is_finished_by_the_next(start_nodes):
+    settings, nodes = start_nodes(_nodes(6))
+    # What a run cut off after its meetings and one primary's slots leaves behind.
+    for node in nodes[1:]:
+        assert _call(settings, nodes[0], "CLUSTER", "MEET", node["address"], node["port"]) == "OK"
+    _call(settings, nodes[0], "CLUSTER", "ADDSLOTSRANGE", 0, 5461)
+    redis_cluster.wait_for(settings, nodes, "known", 30)
+    result = redis_cluster.run(settings, nodes, 1, 30, check_mode=False)
+    assert result["state"] == "completing"
+    assert all("cluster_state:ok" in _call(settings, node, "CLUSTER", "INFO") for node in nodes)
+    assert sum(node["role"] == "primary" for node in result["nodes"]) == 3
+
+
+def test_two_clusters_and_a_silent_node_are_refused_without_a_change(start_nodes, redis_factory):
+    settings, nodes = start_nodes(_nodes(6))
+    redis_cluster.run(settings, nodes[:3], 0, 30, check_mode=False)
+    # The other three as a cluster of their own.
+    other = [dict(node, host=host) for node, host in zip(nodes[3:], HOSTS, strict=True)]
+    redis_cluster.run(settings, other, 0, 30, check_mode=False)
+    with pytest.raises(cluster.ClusterRefused, match="more than one cluster"):
+        redis_cluster.run(settings, nodes, 1, 30, check_mode=False)
+    silent = {"host": "h4", "name": "a", "address": "127.0.0.1", "port": free_port()}
+    with pytest.raises(cluster.ClusterRefused, match="not every node answered"):
+        redis_cluster.run(settings, nodes[:3] + [silent], 1, 30, check_mode=False)
+    assert len(_call(settings, nodes[0], "CLUSTER", "NODES").splitlines()) == 3
