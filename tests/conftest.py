@@ -25,6 +25,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def cluster_port() -> int:
+    """A free port below 55536 whose cluster bus port (+10000) is free too."""
+    import random
+
+    while True:
+        port = random.randint(20000, 45000)  # noqa: S311
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+
+
 class RedisProcess:
     """A redis-server started from a config file, stopped by the fixture that made it."""
 

@@ -13,28 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "collections"))
 
-import random  # noqa: E402
-import socket  # noqa: E402
-
 from ansible_collections.redis_infra.redis.plugins.module_utils import cluster  # noqa: E402
 from ansible_collections.redis_infra.redis.plugins.module_utils.resp import connect  # noqa: E402
 from ansible_collections.redis_infra.redis.plugins.modules import redis_cluster  # noqa: E402
 
+from .conftest import cluster_port as free_port  # noqa: E402
+
 PASSWORD = "cluster-admin-password-0123456789abcdef"
 HOSTS = ("h1", "h2", "h3")
-
-
-def free_port() -> int:
-    """A free port below 55536 whose cluster bus port (+10000) is free too."""
-    while True:
-        port = random.randint(20000, 45000)  # noqa: S311
-        try:
-            for candidate in (port, port + 10000):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
 
 
 def _nodes(count: int, hosts=HOSTS) -> list[dict]:

@@ -22,7 +22,8 @@ def redis_server_instances(instances, settings, engine, context):
     instances: the redis_server_instances list; settings: profile values combined with the role
     variables that are set; engine: the engine's entry of _redis_server_engines; context: engine
     name, profile, vcpus, extra directives, rename commands, the follow, connection and backup-status
-    directories, the role's user names, whether TLS is on, and the replication group with its replica count (or none).
+    directories, the role's user names, whether TLS is on, whether the host is a cluster node, and the
+    replication group with its replica count (or none).
     """
     result = []
     for raw in instances:
@@ -76,6 +77,8 @@ def redis_server_instances(instances, settings, engine, context):
             rename_commands=dict(context.get("rename_commands") or {}),
             # TLS on: the port serves TLS only (plaintext TCP off); the unix socket stays plain.
             tls=bool(context.get("tls", False)),
+            # A node of the Redis Cluster (docs/cluster.md): cluster-enabled, its state in nodes.conf in dir.
+            cluster=bool(context.get("cluster", False)),
         )
         result.append(item)
     return result
@@ -136,7 +139,39 @@ def redis_server_setting_problems(instances, role_values, rules):
     return problems
 
 
+def redis_server_cluster_nodes(host_vars):
+    """The nodes of the Redis Cluster from the cluster hosts' variables (hostvars of each, in inventory order):
+    {'nodes': [{host, name, address, port}], 'missing': hosts whose facts this run has not resolved}."""
+    nodes, missing = [], []
+    for variables in host_vars:
+        host = variables["inventory_hostname"]
+        model = variables.get("redis_server_instance_model")
+        cluster = variables.get("redis_server_cluster_model")
+        if not model or not cluster:
+            missing.append(host)
+            continue
+        nodes += [{"host": host, "name": item["name"], "address": str(cluster["address"]), "port": int(item["port"])}
+                  for item in model]
+    return {"nodes": nodes, "missing": missing}
+
+
+def redis_server_cluster_successor(replica_lines, nodes):
+    """The node (an item of redis_server_cluster_nodes' list) of the first replica in CLUSTER REPLICAS'
+    answer that is linked to its primary and not failing, or None."""
+    for line in replica_lines or []:
+        fields = str(line).split()
+        if len(fields) < 8 or fields[7] != "connected" or {"fail", "fail?"} & set(fields[2].split(",")):
+            continue
+        address, _, port = fields[1].split("@", 1)[0].split(",", 1)[0].rpartition(":")
+        for node in nodes:
+            if node["address"] == address and str(node["port"]) == port:
+                return node
+    return None
+
+
 class FilterModule:
     def filters(self):
         return {"redis_server_instances": redis_server_instances,
-                "redis_server_setting_problems": redis_server_setting_problems}
+                "redis_server_setting_problems": redis_server_setting_problems,
+                "redis_server_cluster_nodes": redis_server_cluster_nodes,
+                "redis_server_cluster_successor": redis_server_cluster_successor}

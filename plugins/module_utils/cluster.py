@@ -4,7 +4,8 @@
 
 Pure functions (no I/O) for the redis_cluster module and its tests. A node of the inventory is a dict
 with `host` (inventory name), `name` (instance name), `address` and `port`; its observation adds what
-it answered: `id` (CLUSTER MYID), `nodes` (CLUSTER NODES text), `keys` (DBSIZE) or `error`.
+it answered: `id` (CLUSTER MYID), `nodes` (CLUSTER NODES text), `keys` (DBSIZE), `info` (CLUSTER INFO),
+`replication` (INFO replication) or `error`.
 
 The rules (docs/cluster.md): a cluster is created only when no node belongs to one and every node is
 empty; a formed cluster is completed (missing nodes met, missing replicas attached, unassigned slots
@@ -302,7 +303,8 @@ def plan(observed, replicas):
 def agreement(observed, what):
     """Whether the observed views satisfy a wait of plan(): `known` (every node knows every node, none
     in handshake), `slots` (every node sees every primary's slots as the others do) or `ok`
-    (cluster_state ok everywhere, `info` holding CLUSTER INFO text). Returns (bool, reason)."""
+    (cluster_state ok everywhere, `info` holding CLUSTER INFO text, and every replica synchronized with its
+    primary, `replication` holding INFO replication text). Returns (bool, reason)."""
     ids = {node["id"] for node in observed}
     views = [parse_nodes(node.get("nodes")) for node in observed]
     for node, view in zip(observed, views, strict=True):
@@ -321,8 +323,8 @@ def agreement(observed, what):
             return False, f"{_label(node)} does not say cluster_state:ok yet"
     for node, view in zip(observed, views, strict=True):
         own = view.get(node["id"], {})
-        if own.get("primary") and view.get(own["primary"], {}).get("link") != "connected":
-            return False, f"{_label(node)} is not linked to its primary yet"
+        if own.get("primary") and "master_link_status:up" not in (node.get("replication") or ""):
+            return False, f"{_label(node)} has not synchronized with its primary yet"
     return True, ""
 
 

@@ -12,8 +12,8 @@ version_added: 1.1.0
 author:
   - redis-infra contributors (@redis-infra)
 description:
-  - Asks every node (C(CLUSTER MYID), C(CLUSTER NODES), C(DBSIZE), C(CLUSTER INFO)) and decides from all the
-    answers. Nothing is sent before every node has answered and the plan is known to be safe.
+  - Asks every node (C(CLUSTER MYID), C(CLUSTER NODES), C(DBSIZE), C(CLUSTER INFO), C(INFO replication)) and
+    decides from all the answers. Nothing is sent before every node has answered and the plan is known to be safe.
   - With no cluster among the nodes and every node empty, creates one; the primaries are spread over the hosts
     in turns, the 16384 slots are split evenly among them, and each primary gets O(replicas) replicas, none on
     its primary's host (anti-affinity over hosts).
@@ -58,7 +58,8 @@ options:
     type: int
     default: 1
   timeout:
-    description: Seconds to wait for the nodes to agree after each step.
+    description: Seconds to wait for the nodes to agree after each step, and at the end for C(cluster_state:ok)
+      everywhere and every replica synchronized with its primary.
     type: int
     default: 60
 attributes:
@@ -138,6 +139,7 @@ def observe(settings, nodes, timeout=5):
                 item["nodes"] = conn.call("CLUSTER", "NODES")
                 item["keys"] = conn.call("DBSIZE")
                 item["info"] = conn.call("CLUSTER", "INFO")
+                item["replication"] = conn.call("INFO", "replication")
             finally:
                 conn.close()
         except (OSError, ConnectionError, RedisReplyError, TLSFilesError) as exc:

@@ -12,10 +12,11 @@ from it (`python3 -m redis_infra.health acl` prints it).
 from __future__ import annotations
 
 # Commands the checker sends. AUTH/HELLO/SELECT are sent by the client library on connect, ECHO is
-# kept for connection probes by other tools running as the same user.
+# kept for connection probes by other tools running as the same user. On a cluster node the checker
+# also reads CLUSTER INFO and CLUSTER NODES, and a replica's round trip needs READONLY.
 REQUIRED_COMMANDS: tuple[str, ...] = (
     "+ping", "+info", "+slowlog|get", "+slowlog|len", "+set", "+get", "+del", "+exists",
-    "+client|setname", "+hello", "+auth", "+select", "+echo",
+    "+client|setname", "+hello", "+auth", "+select", "+echo", "+cluster|info", "+cluster|nodes", "+readonly",
 )
 
 # Every key the checker touches lives under this prefix (the SET/GET/DEL round trip).

@@ -274,6 +274,57 @@ def evaluate_replication(info: dict[str, str], thresholds: Thresholds, expected_
     return CheckResult("replication", status, max_lag, threshold, reason, "s", details)
 
 
+CLUSTER_SLOTS = 16384
+
+
+def _crc16(data: bytes) -> int:
+    """CRC16-CCITT (XMODEM), the hash of Redis Cluster's key slots."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _bit in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def cluster_key(base: str, nodes_text: str) -> str:
+    """A key under `base` whose slot this cluster node serves (a replica: its primary's), through a hash
+    tag, so that the round trip stays on the node; `base` itself when the node serves no slot."""
+    lines = [line.split() for line in (nodes_text or "").splitlines() if len(line.split()) >= 8]
+    myself = next((fields for fields in lines if "myself" in fields[2].split(",")), None)
+    if myself is None:
+        return base
+    owner = myself if myself[3] == "-" else next((fields for fields in lines if fields[0] == myself[3]), myself)
+    ranges = []
+    for item in owner[8:]:
+        if not item.startswith("["):
+            start, _, end = item.partition("-")
+            ranges.append((int(start), int(end or start)))
+    for number in range(CLUSTER_SLOTS * 8):
+        tag = f"{number:x}"
+        slot = _crc16(tag.encode()) % CLUSTER_SLOTS
+        if any(start <= slot <= end for start, end in ranges):
+            return f"{base}:{{{tag}}}"
+    return base
+
+
+def evaluate_cluster(cluster_info: dict[str, str]) -> CheckResult:
+    """A cluster node: whether the cluster is ok as this node sees it, and its slots."""
+    details = {key: to_int(cluster_info.get(f"cluster_{key}")) for key in
+               ("slots_assigned", "slots_ok", "slots_pfail", "slots_fail", "known_nodes", "size")}
+    state = cluster_info.get("cluster_state", "?")
+    threshold = {"unhealthy": "cluster_state not ok", "degraded": "slots unassigned, pfail or fail"}
+    summary = (f"{details['slots_assigned']} of {CLUSTER_SLOTS} slots assigned, {details['slots_ok']} ok, "
+               f"{details['slots_pfail']} pfail, {details['slots_fail']} fail; {details['known_nodes']} nodes known, "
+               f"{details['size']} primaries with slots")
+    if state != "ok":
+        return CheckResult("cluster", UNHEALTHY, state, threshold, f"cluster_state {state}: {summary}", "", details)
+    if details["slots_assigned"] != CLUSTER_SLOTS or details["slots_pfail"] or details["slots_fail"]:
+        return CheckResult("cluster", DEGRADED, state, threshold, f"cluster_state ok but {summary}", "", details)
+    return CheckResult("cluster", HEALTHY, state, threshold, f"cluster_state ok: {summary}", "", details)
+
+
 def evaluate_persistence(info: dict[str, str], thresholds: Thresholds, now: float) -> CheckResult:
     last_save = to_int(info.get("rdb_last_save_time"), 0)
     age = max(int(now) - last_save, 0) if last_save else None
@@ -693,14 +744,28 @@ class InstanceChecker:
                 raise info_reply
             info = parse_info(info_reply if isinstance(info_reply, str) else info_reply.decode("utf-8", "replace"))
             role = info.get("role", "")
+            key, cluster_info, reading = self.key, None, ()
+            if info.get("cluster_enabled") == "1":
+                # A cluster node: its view of the cluster, and a key in a slot it serves (a replica reads
+                # its primary's slots after READONLY), so the round trip is not redirected.
+                cluster_reply, nodes_reply = session.pipeline(("CLUSTER", "INFO"), ("CLUSTER", "NODES"))
+                if not isinstance(cluster_reply, Exception):
+                    cluster_info = parse_info(cluster_reply if isinstance(cluster_reply, str)
+                                              else cluster_reply.decode("utf-8", "replace"))
+                    info.update(cluster_info)
+                else:
+                    cluster_info = {"cluster_state": f"unknown ({describe_error(cluster_reply, timeout)})"}
+                if not isinstance(nodes_reply, Exception):
+                    key = cluster_key(self.key, nodes_reply if isinstance(nodes_reply, str)
+                                      else nodes_reply.decode("utf-8", "replace"))
+                reading = (("READONLY",),)
             t0 = time.monotonic()
             if role == "master":
                 token = f"{now:.6f}:{os.getpid()}"
-                op_replies = session.pipeline(("SET", self.key, token, "PX", "30000"), ("GET", self.key),
-                                              ("DEL", self.key))
+                op_replies = session.pipeline(("SET", key, token, "PX", "30000"), ("GET", key), ("DEL", key))
                 op_what = "SET/GET/DEL round trip"
             else:
-                op_replies = session.pipeline(("EXISTS", self.key))
+                op_replies = session.pipeline(*reading, ("EXISTS", key))[len(reading):]
                 op_what = "EXISTS round trip (replica, read-only)"
             roundtrip_seconds = time.monotonic() - t0
         except Exception as exc:
@@ -722,7 +787,7 @@ class InstanceChecker:
         else:
             checks.append(evaluate_latency("ping", ping_seconds, thresholds, "PONG"))
         checks.append(self._roundtrip_check(role, op_replies, roundtrip_seconds, op_what, token if role == "master"
-                                            else None))
+                                            else None, key))
         checks.append(evaluate_memory(info, thresholds))
         checks.append(evaluate_clients(info, thresholds))
         uptime_check = evaluate_uptime(info, self.state)
@@ -730,6 +795,8 @@ class InstanceChecker:
         checks.append(uptime_check)
         checks.append(evaluate_replication(info, thresholds, self.instance.expected_replicas))
         checks.append(evaluate_persistence(info, thresholds, now))
+        if cluster_info is not None:
+            checks.append(evaluate_cluster(cluster_info))
 
         # slow log: entries above the threshold not seen before
         entries = parse_slowlog(slowlog_reply) if not isinstance(slowlog_reply, Exception) else []
@@ -771,18 +838,19 @@ class InstanceChecker:
                       last_slow_duration=newest.duration_us / 1e6 if newest else 0.0,
                       ping_seconds=ping_seconds, roundtrip_seconds=roundtrip_seconds)
 
-    def _roundtrip_check(self, role: str, replies: list, seconds: float, what: str, token: str | None
-                         ) -> CheckResult:
+    def _roundtrip_check(self, role: str, replies: list, seconds: float, what: str, token: str | None,
+                         key: str | None = None) -> CheckResult:
+        key = key or self.key
         thresholds = self.config.thresholds
         errors = [reply for reply in replies if isinstance(reply, Exception)]
         if errors:
             return CheckResult("roundtrip", UNHEALTHY, _ms(seconds), None,
-                               f"{what} on {self.key} failed: {describe_error(errors[0], self.config.timeout)}", "ms")
+                               f"{what} on {key} failed: {describe_error(errors[0], self.config.timeout)}", "ms")
         if token is not None:
             set_reply, get_reply, _ = replies
             if str(set_reply).upper() not in ("OK", "TRUE") or get_reply != token:
                 return CheckResult("roundtrip", UNHEALTHY, _ms(seconds), None,
-                                   f"{what} on {self.key} returned unexpected replies "
+                                   f"{what} on {key} returned unexpected replies "
                                    f"(SET {set_reply!r}, GET {get_reply!r})", "ms")
         return evaluate_latency("roundtrip", seconds, thresholds, what)
 

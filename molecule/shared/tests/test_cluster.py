@@ -1,0 +1,249 @@
+"""Redis Cluster, for scenarios with a redis_cluster group (molecule/cluster).
+
+Cluster-wide tests: they reach every host themselves instead of running once per host. The converge
+formed the cluster; these check what it made, what clients and the health checker see, that a re-run
+after a failover changes nothing, and that a static change rolls node by node with failovers first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import threading
+import time
+
+import pytest
+import testinfra
+import tls_setup
+from testinfra.utils.ansible_runner import AnsibleRunner
+
+INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE")
+if not INVENTORY:
+    pytest.skip("not run by Molecule", allow_module_level=True)
+RUNNER = AnsibleRunner(INVENTORY)
+CLUSTER_HOSTS = RUNNER.get_hosts("redis_cluster")
+if not CLUSTER_HOSTS:
+    pytest.skip("this scenario has no Redis Cluster", allow_module_level=True)
+VARIABLES = RUNNER.get_variables(CLUSTER_HOSTS[0])
+ENGINE = VARIABLES.get("redis_server_engine", "redis")
+PORTS = [int(item["port"]) for item in VARIABLES["redis_server_instances"]]
+NAMES = [item["name"] for item in VARIABLES["redis_server_instances"]]
+NODE_TIMEOUT = int(VARIABLES.get("redis_server_cluster_node_timeout", 15000)) / 1000
+CLI = tls_setup.cli(ENGINE, VARIABLES)
+TLS = tls_setup.client_kwargs(VARIABLES, tls_setup.controller_ca())
+
+
+def deadline(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        yield
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    return {name: testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}") for name in CLUSTER_HOSTS}
+
+
+@pytest.fixture(scope="module")
+def addresses(hosts):
+    return {name: host.check_output("ip -4 route get 1.1.1.1 | grep -o 'src [0-9.]*' | cut -d' ' -f2")
+            for name, host in hosts.items()}
+
+
+def cli(host, port, *args, user="admin", password=None):
+    """The engine's CLI inside a container, as the admin user; the password goes through REDISCLI_AUTH."""
+    password = password if password is not None else VARIABLES["redis_server_admin_password"]
+    command = f"{CLI} --no-auth-warning -p {port}" + (f" --user {user}" if user else "")
+    command += " " + " ".join(shlex.quote(str(arg)) for arg in args)
+    result = host.run(f"REDISCLI_AUTH={shlex.quote(password)} {command}")
+    return (result.stdout.strip() + "\n" + result.stderr.strip()).strip()
+
+
+def fields(text):
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+
+
+def nodes_view(hosts, addresses):
+    """From one node: {address:port: (role, primary address:port or None, slot count)}."""
+    host = next(iter(hosts.values()))
+    entries = [line.split() for line in cli(host, PORTS[0], "CLUSTER", "NODES").splitlines() if line.strip()]
+    by_id = {fields_[0]: fields_[1].split("@")[0] for fields_ in entries}
+    view = {}
+    for fields_ in entries:
+        slots = 0
+        for item in fields_[8:]:
+            if not item.startswith("["):
+                start, _, end = item.partition("-")
+                slots += int(end or start) - int(start) + 1
+        primary = None if fields_[3] == "-" else by_id[fields_[3]]
+        view[fields_[1].split("@")[0]] = ("replica" if primary else "primary", primary, slots)
+    return view
+
+
+def host_of(address_port, addresses):
+    address = address_port.rsplit(":", 1)[0]
+    return next(name for name, value in addresses.items() if value == address)
+
+
+def _playbook(path, *args, timeout=900):
+    command = ["ansible-playbook", "-i", INVENTORY, str(path), *args]
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, env=env)
+
+
+def _converge(*args):
+    converge = os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "..", "shared", "converge.yml")
+    return _playbook(converge, *args)
+
+
+def _changed_counts(result):
+    return re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", result.stdout, re.MULTILINE)
+
+
+def cluster_client(addresses):
+    import redis
+
+    startup = [redis.cluster.ClusterNode(address, PORTS[0]) for address in addresses.values()]
+    return redis.RedisCluster(startup_nodes=startup, password=VARIABLES["redis_server_password"],
+                              socket_timeout=3, socket_connect_timeout=3, **TLS)
+
+
+def test_cluster_formed_with_one_primary_per_host_and_replicas_elsewhere(hosts, addresses):
+    for name, host in hosts.items():
+        for port in PORTS:
+            state = fields(cli(host, port, "CLUSTER", "INFO"))
+            assert state["cluster_state"] == "ok", (name, port, state)
+            assert state["cluster_slots_assigned"] == "16384" and state["cluster_slots_ok"] == "16384"
+            assert state["cluster_known_nodes"] == str(len(hosts) * len(PORTS))
+            assert state["cluster_size"] == str(len(hosts) * len(PORTS) // 2)
+    view = nodes_view(hosts, addresses)
+    primaries = [node for node, (role, _, _) in view.items() if role == "primary"]
+    replicas = {node: primary for node, (role, primary, _) in view.items() if role == "replica"}
+    assert len(primaries) == len(replicas) == len(hosts)
+    assert sorted(host_of(node, addresses) for node in primaries) == sorted(hosts), "not one primary per host"
+    for replica, primary in replicas.items():
+        assert host_of(replica, addresses) != host_of(primary, addresses), f"{replica} shares a host with {primary}"
+    assert sorted(view[node][2] for node in primaries) == [5461, 5461, 5462]
+    # Every link of the cluster speaks TLS: plaintext is off on the client port and the bus.
+    host = next(iter(hosts.values()))
+    for directive, value in (("tls-cluster", "yes"), ("tls-replication", "yes"), ("port", "0")):
+        assert cli(host, PORTS[0], "CONFIG", "GET", directive).splitlines()[-1] == value
+    assert host.file(f"/var/lib/{ENGINE}/{NAMES[0]}/nodes.conf").user == ENGINE
+
+
+def test_cluster_client_writes_through_every_shard_from_the_controller(addresses):
+    client = cluster_client(addresses)
+    try:
+        for i in range(300):
+            client.set(f"app:cluster:{i}", i)
+        assert [int(client.get(f"app:cluster:{i}")) for i in range(300)] == list(range(300))
+        owners = {client.get_node_from_key(f"app:cluster:{i}").name for i in range(300)}
+        assert len(owners) == 3
+    finally:
+        client.close()
+
+
+def test_cluster_health_checkers_report_the_cluster_ok(hosts):
+    for name, host in hosts.items():
+        body = ""
+        for _ in deadline(30):
+            body = host.check_output("curl -s http://127.0.0.1:9121/api/health/redis")
+            detail = json.loads(body)
+            checks = {(item["name"], check["name"]): check for item in detail["instances"] for check in item["checks"]}
+            if all(checks.get((instance, "cluster"), {}).get("status") == "healthy" for instance in NAMES):
+                break
+        else:
+            pytest.fail(f"{name}: the cluster check is not healthy: {body[:2000]}")
+        assert all(checks[(instance, "roundtrip")]["status"] == "healthy" for instance in NAMES), body[:2000]
+        metrics = host.check_output("curl -s http://127.0.0.1:9121/metrics")
+        for instance in NAMES:
+            assert f'redis_cluster_state{{redis_instance="{instance}"}} 1.0' in metrics
+
+
+def test_cluster_rerun_after_a_failover_changes_nothing(hosts, addresses):
+    view = nodes_view(hosts, addresses)
+    replica = next(node for node, (role, _, _) in view.items() if role == "replica")
+    host, port = hosts[host_of(replica, addresses)], int(replica.rsplit(":", 1)[1])
+    assert cli(host, port, "CLUSTER", "FAILOVER") == "OK"
+    for _ in deadline(30):
+        if nodes_view(hosts, addresses)[replica][0] == "primary":
+            break
+    else:
+        pytest.fail(f"{replica} did not take over: {nodes_view(hosts, addresses)}")
+    for _ in deadline(30):
+        if all(fields(cli(h, p, "CLUSTER", "INFO"))["cluster_state"] == "ok" for h in hosts.values() for p in PORTS):
+            break
+    result = _converge()
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    counts = _changed_counts(result)
+    assert len(counts) == len(hosts) and all(count == "0" for _, count in counts), \
+        (counts, [line for line in result.stdout.splitlines() if line.startswith("changed:")])
+    assert nodes_view(hosts, addresses)[replica][0] == "primary", "the converge moved the primary back"
+    for secret in ("redis_server_admin_password", "redis_server_replication_password", "redis_server_password"):
+        assert VARIABLES[secret] not in result.stdout + result.stderr
+
+
+class ClusterWriter:
+    """Writes through a cluster client from the controller until stopped; redirections are the client's."""
+
+    def __init__(self, addresses):
+        self.client = cluster_client(addresses)
+        self.acknowledged, self.errors, self.stop = 0, [], False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        end = time.monotonic() + 900
+        while not self.stop and time.monotonic() < end:
+            try:
+                self.client.set(f"verify:roll:{self.acknowledged}", "x")
+                self.acknowledged += 1
+            except Exception as exc:  # noqa: BLE001 (every failure counts)
+                self.errors.append(type(exc).__name__ + ": " + str(exc)[:80])
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop = True
+        self.thread.join(10)
+        self.client.close()
+
+
+def test_cluster_static_change_rolls_node_by_node_with_failovers_first(hosts, addresses):
+    """A converge that needs restarts (tcp-backlog) restarts one node at a time, replicas first and each
+    primary after CLUSTER FAILOVER on one of its replicas: no write fails beyond the client's retries."""
+    def uptimes():
+        return {(name, port): int(fields(cli(host, port, "INFO", "server"))["uptime_in_seconds"])
+                for name, host in hosts.items() for port in PORTS}
+
+    before, started = uptimes(), time.monotonic()
+    primaries_before = sorted(node for node, (role, _, _) in nodes_view(hosts, addresses).items() if role == "primary")
+    with ClusterWriter(addresses) as writer:
+        result = _converge("-e", "redis_server_tcp_backlog=1024")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    elapsed = time.monotonic() - started
+    after = uptimes()
+    restarted = [node for node in before if after[node] < before[node] + elapsed - 2]
+    assert sorted(restarted) == sorted(before), f"not every node restarted: {after}"
+    starts = sorted(time.time() - seconds for seconds in after.values())
+    assert all(later - earlier >= 1 for earlier, later in zip(starts, starts[1:], strict=False)), \
+        f"nodes restarted together: {starts}"
+    for host in hosts.values():
+        for port in PORTS:
+            assert cli(host, port, "CONFIG", "GET", "tcp-backlog").splitlines()[-1] == "1024"
+            assert fields(cli(host, port, "CLUSTER", "INFO"))["cluster_state"] == "ok"
+    assert writer.acknowledged > 100
+    assert writer.errors == [], sorted(set(writer.errors))[:5]
+    # Every primary was failed over before its restart: the primaries are now the former replicas.
+    view = nodes_view(hosts, addresses)
+    primaries_after = sorted(node for node, (role, _, _) in view.items() if role == "primary")
+    assert set(primaries_after).isdisjoint(primaries_before), (primaries_before, primaries_after)
+    for node, (role, primary, _) in view.items():
+        if role == "replica":
+            assert host_of(node, addresses) != host_of(primary, addresses)
