@@ -21,8 +21,8 @@ from redis_infra.health.config import load_config
 def make_instance(redis_factory, tmp_path):
     """Start a redis-server with the monitoring user; returns an Instance with its connection file."""
     def make(name: str = "main", extra: str = "", username: str | None = "monitor",
-             password: str | None = MONITOR_PASSWORD) -> Instance:
-        proc = redis_factory(ACL_LINE + extra)
+             password: str | None = MONITOR_PASSWORD, port: int | None = None) -> Instance:
+        proc = redis_factory(ACL_LINE + extra, port=port)
         conn_file = write_connection_file(tmp_path / f"conn-{name}-{proc.port}.toml", name, proc.port,
                                           username, password)
         return Instance(name, proc, conn_file)

@@ -15,6 +15,7 @@ from health_helpers import REPO
 from prometheus_client.parser import text_string_to_metric_families
 
 from redis_infra.health.service import Monitor
+from tests.conftest import cluster_port
 
 RULES = REPO / "files" / "prometheus" / "redis-alerts.yml"
 RULE_TESTS = REPO / "files" / "prometheus" / "redis-alerts.test.yml"
@@ -140,12 +141,20 @@ def scrape(make_instance, make_tls_instance, health_config, tmp_path):
     ok.write_text(json.dumps({"time": time.time() - 60, "result": "ok", "file": "/backups/primary.rdb", "size": 42}))
     failed = tmp_path / "replica-backup.json"
     failed.write_text(json.dumps({"time": time.time() - 60, "result": "failed", "error": "disk full"}))
+    # A Redis Cluster node that serves every slot by itself: the cluster series.
+    node = make_instance(name="node", extra="cluster-enabled yes\ncluster-config-file nodes.conf\n",
+                         port=cluster_port())
+    node.admin().execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+    while "cluster_state:ok" not in node.admin().execute_command("CLUSTER", "INFO"):
+        assert time.monotonic() < deadline + 10, "the one-node cluster never got ok"
+        time.sleep(0.05)
     config, _ = health_config([
         {"name": "primary", "connection_file": str(primary.conn_file), "backup_status_file": str(ok),
          "replication_group": "main"},
         {"name": "replica", "connection_file": str(replica.conn_file), "backup_status_file": str(failed),
          "replication_group": "main"},
         make_tls_instance(name="secure"),
+        node,
     ])
     monitor = Monitor(config)
     monitor.run_once()

@@ -41,8 +41,27 @@ SENTINEL = dict(PRODUCTION, redis_sentinel_password="sentinel-client" + LONG,
 TOPOLOGY = {"redis_server_primary_group": "fast_primary", "redis_server_replica_group": "fast_replicas",
             "redis_server_replication_password": "replication" + LONG}
 
+# A Redis Cluster of the case's host alone (fast_cluster: a group of its own), three nodes on it.
+CLUSTER = {"redis_server_cluster_group": "fast_cluster", "redis_server_replication_password": "replication" + LONG,
+           "redis_server_instances": [{"name": "a", "port": 7000}, {"name": "b", "port": 7001},
+                                      {"name": "c", "port": 7002}]}
+
 # (case, role, variable the message must name, variables, inventory the case runs against)
 REFUSED = [
+    ("a cluster whose replicas would share their primary's host", "redis_server", "redis_server_cluster_replicas",
+     dict(CLUSTER, redis_server_cluster_replicas=1,
+          redis_server_instances=[{"name": n, "port": 7000 + i, "maxmemory": "512mb"} for i, n in enumerate("abcdef")]),
+     PRODUCTION),
+    ("a cluster of three nodes with a replica each", "redis_server", "redis_server_cluster_replicas",
+     dict(CLUSTER, redis_server_cluster_replicas=1), PRODUCTION),
+    ("a cluster host in the replication topology too", "redis_server", "redis_server_cluster_group",
+     dict(CLUSTER, redis_server_cluster_replicas=0, **TOPOLOGY), PRODUCTION),
+    ("a cluster node whose bus port would pass 65535", "redis_server", "redis_server_instances",
+     dict(CLUSTER, redis_server_cluster_replicas=0,
+          redis_server_instances=[{"name": "a", "port": 7000}, {"name": "b", "port": 7001},
+                                  {"name": "c", "port": 60000}]), PRODUCTION),
+    ("a cluster without a replication password", "redis_server", "redis_server_replication_password",
+     dict(CLUSTER, redis_server_cluster_replicas=0, redis_server_replication_password=""), PRODUCTION),
     ("min-replicas above the replica count", "redis_server", "redis_server_min_replicas_to_write",
      dict(TOPOLOGY, redis_server_min_replicas_to_write=2), PRODUCTION),
     ("Sentinel ACL password other than the one Sentinel logs in with", "redis_server", "redis_server_sentinel_password",
@@ -162,6 +181,9 @@ ACCEPTED = [
     ("a rotation in phase 1 and TLS with required client certificates", "redis_server",
      {"redis_server_previous_passwords": {"default": "old-app" + LONG, "monitor": "old-monitor" + LONG},
       "redis_server_tls_auth_clients": "required"}, PRODUCTION),
+    ("a cluster of three primaries on one host", "redis_server", dict(CLUSTER, redis_server_cluster_replicas=0,
+                                                                     redis_server_cluster_node_timeout=5000),
+     PRODUCTION),
     ("health defaults", "redis_health", {}, DEVELOPMENT),
     ("health partial thresholds in order with the defaults", "redis_health",
      {"redis_health_thresholds": {"memory_degraded_percent": 70, "last_save_degraded_seconds": 0,
@@ -213,6 +235,11 @@ def outcomes(tmp_path_factory) -> dict:
         if variables.get("redis_server_primary_group") == "fast_primary":
             variables["redis_server_primary_group"] = f"primary_{host}".replace("-", "_")
             primaries[variables["redis_server_primary_group"]] = {"hosts": {host: {}}}
+    # Each cluster case is the one host of a cluster group of its own.
+    for host, (_name, _role, variables) in hosts.items():
+        if variables.get("redis_server_cluster_group") == "fast_cluster":
+            variables["redis_server_cluster_group"] = f"cluster_{host}".replace("-", "_")
+            primaries[variables["redis_server_cluster_group"]] = {"hosts": {host: {}}}
     groups = {f"{role}_cases": {"hosts": {host: dict(variables, **local)
                                           for host, (_name, of, variables) in hosts.items() if of == role}}
               for role in ROLES}
