@@ -12,13 +12,13 @@ import os
 import re
 import shlex
 import subprocess
-import threading
 import time
 
 import pytest
 import testinfra
 import tls_setup
 from testinfra.utils.ansible_runner import AnsibleRunner
+from writers import ThreadedWriter
 
 INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE")
 if not INVENTORY:
@@ -187,31 +187,18 @@ def test_cluster_rerun_after_a_failover_changes_nothing(hosts, addresses):
         assert VARIABLES[secret] not in result.stdout + result.stderr
 
 
-class ClusterWriter:
+class ClusterWriter(ThreadedWriter):
     """Writes through a cluster client from the controller until stopped; redirections are the client's."""
 
+    prefix = "verify:roll"
+    limit = 900
+    error_pause = 0.05
+
     def __init__(self, addresses):
-        self.client = cluster_client(addresses)
-        self.acknowledged, self.errors, self.stop = 0, [], False
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        end = time.monotonic() + 900
-        while not self.stop and time.monotonic() < end:
-            try:
-                self.client.set(f"verify:roll:{self.acknowledged}", "x")
-                self.acknowledged += 1
-            except Exception as exc:  # noqa: BLE001 (every failure counts)
-                self.errors.append(type(exc).__name__ + ": " + str(exc)[:80])
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
+        super().__init__(cluster_client(addresses))
 
     def __exit__(self, *exc):
-        self.stop = True
-        self.thread.join(10)
+        super().__exit__(*exc)
         self.client.close()
 
 

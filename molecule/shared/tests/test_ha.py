@@ -18,6 +18,7 @@ import testinfra
 import tls_setup
 from preflight_cases import case_tasks
 from testinfra.utils.ansible_runner import AnsibleRunner
+from writers import ThreadedWriter
 
 INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE")
 if not INVENTORY:
@@ -327,35 +328,13 @@ def test_failover_elects_a_new_primary_and_the_old_one_rejoins(hosts, addresses)
         assert secret not in output
 
 
-class Writer:
+class Writer(ThreadedWriter):
     """Writes through the current primary's address from the controller and counts what failed."""
 
     def __init__(self, address):
-        import threading
-
         import redis
-        self.client = redis.Redis(host=address, port=PORT, password=VARIABLES["redis_server_password"],
-                                  socket_timeout=2, socket_connect_timeout=2, **TLS)
-        self.acknowledged, self.errors, self.stop = 0, [], False
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        end = time.monotonic() + 600
-        while not self.stop and time.monotonic() < end:
-            try:
-                self.client.set(f"verify:writer:{self.acknowledged}", "x")
-                self.acknowledged += 1
-            except Exception as exc:  # noqa: BLE001 (every failure counts)
-                self.errors.append(type(exc).__name__ + ": " + str(exc)[:80])
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop = True
-        self.thread.join(10)
+        super().__init__(redis.Redis(host=address, port=PORT, password=VARIABLES["redis_server_password"],
+                                     socket_timeout=2, socket_connect_timeout=2, **TLS))
 
 
 def test_limit_run_on_the_new_primary_keeps_it_with_its_own_sentinel_down(hosts, addresses):
@@ -490,46 +469,21 @@ def test_rolling_restart_goes_on_without_a_replica_that_is_down(hosts):
         pytest.fail(f"the topology did not heal after the rolling restart: {roles(hosts)}")
 
 
-class SentinelWriter(Writer):
+class SentinelWriter(ThreadedWriter):
     """Writes through whatever primary the Sentinels name, as a Sentinel-aware application does, and
     records the longest time between two acknowledged writes and when writes failed."""
 
-    def outages(self):
-        """The spans of time in which writes failed, split where a write went through for over a second."""
-        spans = []
-        for moment in self.error_times:
-            if spans and moment - spans[-1][1] <= 1:
-                spans[-1][1] = moment
-            else:
-                spans.append([moment, moment])
-        return spans
+    prefix = "verify:rolling"
+    limit = 900
+    error_pause = 0.05
 
     def __init__(self, addresses):
-        import threading
-
         from redis.sentinel import Sentinel
         sentinels = Sentinel([(addresses[name], SENTINEL_PORT) for name in SENTINELS], socket_timeout=1,
                              sentinel_kwargs={"password": VARIABLES["redis_sentinel_password"], "socket_timeout": 1,
                                               **TLS})
-        self.client = sentinels.master_for(NAME, password=VARIABLES["redis_server_password"], socket_timeout=1,
-                                           socket_connect_timeout=1, **TLS)
-        self.acknowledged, self.errors, self.stop, self.longest, self.error_times = 0, [], False, 0.0, []
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        end = time.monotonic() + 900
-        last = time.monotonic()
-        while not self.stop and time.monotonic() < end:
-            try:
-                self.client.set(f"verify:rolling:{self.acknowledged}", "x")
-                self.acknowledged += 1
-                now = time.monotonic()
-                self.longest, last = max(self.longest, now - last), now
-            except Exception as exc:  # noqa: BLE001 (every failure counts)
-                self.errors.append(type(exc).__name__ + ": " + str(exc)[:80])
-                self.error_times.append(time.monotonic())
-                time.sleep(0.05)
-            time.sleep(0.02)
+        super().__init__(sentinels.master_for(NAME, password=VARIABLES["redis_server_password"], socket_timeout=1,
+                                              socket_connect_timeout=1, **TLS))
 
 
 class DurableWriter(SentinelWriter):
