@@ -133,58 +133,127 @@ def test_cluster_formed_with_one_primary_per_host_and_replicas_elsewhere(hosts, 
     for directive, value in (("tls-cluster", "yes"), ("tls-replication", "yes"), ("port", "0")):
         assert cli(host, PORTS[0], "CONFIG", "GET", directive).splitlines()[-1] == value
     assert host.file(f"/var/lib/{ENGINE}/{NAMES[0]}/nodes.conf").user == ENGINE
+    check = cli(host, PORTS[0], "--cluster", "check", f"{addresses[CLUSTER_HOSTS[0]]}:{PORTS[0]}")
+    assert "All nodes agree about slots configuration" in check and "All 16384 slots covered" in check, check
+
+
+KEYS = 10_000
+
+
+def assert_keys_intact(addresses):
+    """The 10,000 keys the client test wrote are all there, with their values."""
+    client = cluster_client(addresses)
+    try:
+        names = [f"app:cluster:{i}" for i in range(KEYS)]
+        values = client.mget_nonatomic(names)
+        missing = [name for name, value in zip(names, values, strict=True) if value is None]
+        assert missing == [], f"{len(missing)} keys lost, e.g. {missing[:5]}"
+        assert [int(value) for value in values] == list(range(KEYS))
+    finally:
+        client.close()
 
 
 def test_cluster_client_writes_through_every_shard_from_the_controller(addresses):
     client = cluster_client(addresses)
     try:
-        for i in range(300):
-            client.set(f"app:cluster:{i}", i)
-        assert [int(client.get(f"app:cluster:{i}")) for i in range(300)] == list(range(300))
+        for start in range(0, KEYS, 1000):
+            client.mset_nonatomic({f"app:cluster:{i}": i for i in range(start, start + 1000)})
         owners = {client.get_node_from_key(f"app:cluster:{i}").name for i in range(300)}
         assert len(owners) == 3
     finally:
         client.close()
+    assert_keys_intact(addresses)
 
 
-def test_cluster_health_checkers_report_the_cluster_ok(hosts):
+def http_get(host, path):
+    """The body of an HTTP GET on the health checker, from inside the container (503 bodies too)."""
+    script = ("import sys, urllib.request, urllib.error\n"
+              "try:\n"
+              f"    print(urllib.request.urlopen('http://127.0.0.1:9122{path}', timeout=5).read().decode())\n"
+              "except urllib.error.HTTPError as e:\n"
+              "    print(e.read().decode())\n")
+    return host.check_output(f"python3 -c {shlex.quote(script)}")
+
+
+def test_cluster_backups_run_on_every_shard_and_health_checkers_report_the_cluster_ok(hosts):
+    backup = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "backup.yml")
+    result = _playbook(backup)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     for name, host in hosts.items():
+        for instance in NAMES:
+            status = json.loads(host.file(f"/var/lib/redis-infra/backup-status/{instance}.json").content_string)
+            assert status["result"] == "ok", (name, instance, status)
         body = ""
         for _ in deadline(30):
-            body = host.check_output("curl -s http://127.0.0.1:9121/api/health/redis")
+            body = http_get(host, "/api/health/redis")
             detail = json.loads(body)
             checks = {(item["name"], check["name"]): check for item in detail["instances"] for check in item["checks"]}
-            if all(checks.get((instance, "cluster"), {}).get("status") == "healthy" for instance in NAMES):
+            if all(checks.get((instance, check), {}).get("status") == "healthy"
+                   for instance in NAMES for check in ("cluster", "backup", "roundtrip")):
                 break
         else:
-            pytest.fail(f"{name}: the cluster check is not healthy: {body[:2000]}")
-        assert all(checks[(instance, "roundtrip")]["status"] == "healthy" for instance in NAMES), body[:2000]
-        metrics = host.check_output("curl -s http://127.0.0.1:9121/metrics")
+            pytest.fail(f"{name}: the cluster, backup or round-trip check is not healthy: {body[:3000]}")
+        metrics = http_get(host, "/metrics")
         for instance in NAMES:
             assert f'redis_cluster_state{{redis_instance="{instance}"}} 1.0' in metrics
+            assert f'redis_cluster_slots_ok{{redis_instance="{instance}"}} 16384.0' in metrics
 
 
-def test_cluster_rerun_after_a_failover_changes_nothing(hosts, addresses):
+def test_cluster_stopped_primary_is_replaced_and_a_rerun_changes_nothing(hosts, addresses):
+    """Stopping a primary's instance: its replica takes over within about the node timeout and writes to
+    its slots resume; started again, it rejoins as a replica; a converge then changes nothing."""
     view = nodes_view(hosts, addresses)
-    replica = next(node for node, (role, _, _) in view.items() if role == "replica")
-    host, port = hosts[host_of(replica, addresses)], int(replica.rsplit(":", 1)[1])
-    assert cli(host, port, "CLUSTER", "FAILOVER") == "OK"
-    for _ in deadline(30):
-        if nodes_view(hosts, addresses)[replica][0] == "primary":
+    primary = next(node for node, (role, _, _) in view.items() if role == "primary")
+    successor = next(node for node, (role, owner, _) in view.items() if owner == primary)
+    name = host_of(primary, addresses)
+    instance = NAMES[PORTS.index(int(primary.rsplit(":", 1)[1]))]
+    client = cluster_client(addresses)
+    key = next(f"app:cluster:{i}" for i in range(KEYS)
+               if client.get_node_from_key(f"app:cluster:{i}").name == primary)
+    stopped = time.monotonic()
+    hosts[name].run(f"systemctl stop {ENGINE}-server@{instance}.service")
+    try:
+        resumed = None
+        for _ in deadline(NODE_TIMEOUT + 30):
+            try:
+                client.set(key, "after-failover")
+                resumed = time.monotonic() - stopped
+                break
+            except Exception:  # noqa: BLE001, S112 (the outage itself)
+                continue
+        assert resumed is not None, f"writes to {primary}'s slots did not resume"
+        assert nodes_view(hosts, addresses)[successor][0] == "primary"
+        assert resumed < NODE_TIMEOUT + 10, f"writes resumed after {resumed:.1f} s"
+    finally:
+        hosts[name].run(f"systemctl start {ENGINE}-server@{instance}.service")
+        client.close()
+    port = int(primary.rsplit(":", 1)[1])
+    for _ in deadline(60):
+        state = fields(cli(hosts[name], port, "INFO", "replication"))
+        if state.get("role") == "slave" and state.get("master_link_status") == "up":
             break
     else:
-        pytest.fail(f"{replica} did not take over: {nodes_view(hosts, addresses)}")
-    for _ in deadline(30):
-        if all(fields(cli(h, p, "CLUSTER", "INFO"))["cluster_state"] == "ok" for h in hosts.values() for p in PORTS):
-            break
+        pytest.fail(f"{primary} did not rejoin as a replica: {state}")
     result = _converge()
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     counts = _changed_counts(result)
     assert len(counts) == len(hosts) and all(count == "0" for _, count in counts), \
         (counts, [line for line in result.stdout.splitlines() if line.startswith("changed:")])
-    assert nodes_view(hosts, addresses)[replica][0] == "primary", "the converge moved the primary back"
+    assert nodes_view(hosts, addresses)[successor][0] == "primary", "the converge moved the primary back"
     for secret in ("redis_server_admin_password", "redis_server_replication_password", "redis_server_password"):
         assert VARIABLES[secret] not in result.stdout + result.stderr
+    assert_keys_intact_except(addresses, {key: "after-failover"})
+
+
+def assert_keys_intact_except(addresses, changed):
+    client = cluster_client(addresses)
+    try:
+        for key, value in changed.items():
+            assert client.get(key).decode() == value
+            client.set(key, key.rsplit(":", 1)[1])
+    finally:
+        client.close()
+    assert_keys_intact(addresses)
 
 
 class ClusterWriter(ThreadedWriter):
@@ -234,3 +303,4 @@ def test_cluster_static_change_rolls_node_by_node_with_failovers_first(hosts, ad
     for node, (role, primary, _) in view.items():
         if role == "replica":
             assert host_of(node, addresses) != host_of(primary, addresses)
+    assert_keys_intact(addresses)
