@@ -205,3 +205,22 @@ def test_two_clusters_and_a_silent_node_are_refused_without_a_change(start_nodes
     with pytest.raises(cluster.ClusterRefused, match="not every node answered"):
         redis_cluster.run(settings, nodes[:3] + [silent], 1, 30, check_mode=False)
     assert len(_call(settings, nodes[0], "CLUSTER", "NODES").splitlines()) == 3
+
+
+def test_valkeys_tls_port_counts_when_a_plaintext_client_sees_port_0():
+    """Valkey 8 answers a client on the unix socket with the plaintext port, 0 when only TLS is served, and
+    the TLS port in the aux field tls-port (what the role's rolling restart reads)."""
+    text = ("a1 172.19.0.2:0@17000,,tls-port=7000,shard-id=abc myself,master - 0 0 1 connected 0-5460\n"
+            "b2 172.19.0.3:0@17001,,tls-port=7001,shard-id=abc slave a1 0 1700000000 1 connected\n")
+    view = cluster.parse_nodes(text)
+    assert (view["a1"]["port"], view["b2"]["port"]) == (7000, 7001)
+    sys.path.insert(0, str(ROOT / "plugins/filter"))
+    from redis_instances import redis_server_cluster_successor
+
+    nodes = [{"host": "h1", "name": "a", "address": "172.19.0.2", "port": 7000},
+             {"host": "h2", "name": "b", "address": "172.19.0.3", "port": 7001}]
+    assert redis_server_cluster_successor([text.splitlines()[1]], nodes) == nodes[1]
+    # A failing replica, or one whose link is down, does not take over.
+    failing = text.splitlines()[1].replace("slave", "slave,fail")
+    assert redis_server_cluster_successor([failing], nodes) is None
+    assert redis_server_cluster_successor([text.splitlines()[1].replace("connected", "disconnected")], nodes) is None

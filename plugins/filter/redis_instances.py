@@ -155,6 +155,18 @@ def redis_server_cluster_nodes(host_vars):
     return {"nodes": nodes, "missing": missing}
 
 
+def _cluster_address(field):
+    """(address, port) of a CLUSTER NODES address field `ip:port@cport[,hostname[,aux=value...]]`. Valkey 8
+    names the plaintext port there to a plaintext client (0 when only TLS is served) and the TLS port in
+    the aux field tls-port: that one counts then."""
+    main, _, aux = field.partition(",")
+    address, _, port = main.split("@", 1)[0].rpartition(":")
+    extras = dict(item.split("=", 1) for item in aux.split(",") if "=" in item)
+    if port in ("", "0") and extras.get("tls-port"):
+        port = extras["tls-port"]
+    return address, port
+
+
 def redis_server_cluster_successor(replica_lines, nodes):
     """The node (an item of redis_server_cluster_nodes' list) of the first replica in CLUSTER REPLICAS'
     answer that is linked to its primary and not failing, or None."""
@@ -162,7 +174,7 @@ def redis_server_cluster_successor(replica_lines, nodes):
         fields = str(line).split()
         if len(fields) < 8 or fields[7] != "connected" or {"fail", "fail?"} & set(fields[2].split(",")):
             continue
-        address, _, port = fields[1].split("@", 1)[0].split(",", 1)[0].rpartition(":")
+        address, port = _cluster_address(fields[1])
         for node in nodes:
             if node["address"] == address and str(node["port"]) == port:
                 return node

@@ -31,8 +31,12 @@ def parse_nodes(text):
         if len(fields) < 8:
             continue
         node_id, address, flags, primary, _ping, _pong, epoch, link = fields[:8]
-        host_port = address.split("@", 1)[0].split(",", 1)[0]
-        host, _, port = host_port.rpartition(":")
+        main, _, aux = address.partition(",")
+        host, _, port = main.split("@", 1)[0].rpartition(":")
+        # Valkey 8 names the plaintext port to a plaintext client (0 with TLS only), the TLS port in tls-port.
+        extras = dict(item.split("=", 1) for item in aux.split(",") if "=" in item)
+        if port in ("", "0") and extras.get("tls-port", "").isdigit():
+            port = extras["tls-port"]
         slots = []
         for item in fields[8:]:
             if item.startswith("["):  # a slot being migrated or imported
