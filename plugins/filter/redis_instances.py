@@ -159,8 +159,8 @@ def _cluster_address(field):
     """(address, port) of a CLUSTER NODES address field `ip:port@cport[,hostname[,aux=value...]]`. Valkey 8
     names the plaintext port there to a plaintext client (0 when only TLS is served) and the TLS port in
     the aux field tls-port: that one counts then."""
-    main, _, aux = field.partition(",")
-    address, _, port = main.split("@", 1)[0].rpartition(":")
+    main, _sep, aux = field.partition(",")
+    address, _colon, port = main.split("@", 1)[0].rpartition(":")
     extras = dict(item.split("=", 1) for item in aux.split(",") if "=" in item)
     if port in ("", "0") and extras.get("tls-port"):
         port = extras["tls-port"]

@@ -31,8 +31,8 @@ def parse_nodes(text):
         if len(fields) < 8:
             continue
         node_id, address, flags, primary, _ping, _pong, epoch, link = fields[:8]
-        main, _, aux = address.partition(",")
-        host, _, port = main.split("@", 1)[0].rpartition(":")
+        main, _sep, aux = address.partition(",")
+        host, _colon, port = main.split("@", 1)[0].rpartition(":")
         # Valkey 8 names the plaintext port to a plaintext client (0 with TLS only), the TLS port in tls-port.
         extras = dict(item.split("=", 1) for item in aux.split(",") if "=" in item)
         if port in ("", "0") and extras.get("tls-port", "").isdigit():
@@ -41,7 +41,7 @@ def parse_nodes(text):
         for item in fields[8:]:
             if item.startswith("["):  # a slot being migrated or imported
                 continue
-            start, _, end = item.partition("-")
+            start, _dash, end = item.partition("-")
             slots.append((int(start), int(end or start)))
         entries[node_id] = {
             "id": node_id, "address": host, "port": int(port) if port.isdigit() else 0,
@@ -110,7 +110,7 @@ def place_replicas(needs, candidates, hosts_order):
     """
     # One set per primary, shared by its slots: the hosts holding one of its replicas so far.
     shared = [(primary, count, set(taken)) for primary, count, taken in needs]
-    slots = [(primary, taken) for primary, count, taken in shared for _ in range(count)]
+    slots = [(primary, taken) for primary, count, taken in shared for _copy in range(count)]
 
     def order(primary, pool):
         # Prefer the host that follows the primary's host (a rotation: h1->h2, h2->h3, h3->h1), then the
