@@ -209,16 +209,19 @@ def test_two_clusters_and_a_silent_node_are_refused_without_a_change(start_nodes
 
 def test_valkeys_tls_port_counts_when_a_plaintext_client_sees_port_0():
     """Valkey 8 answers a client on the unix socket with the plaintext port, 0 when only TLS is served, and
-    the TLS port in the aux field tls-port (what the role's rolling restart reads)."""
-    text = ("a1 172.19.0.2:0@17000,,tls-port=7000,shard-id=abc myself,master - 0 0 1 connected 0-5460\n"
-            "b2 172.19.0.3:0@17001,,tls-port=7001,shard-id=abc slave a1 0 1700000000 1 connected\n")
+    the TLS port, where it says it, in the aux field tls-port; Valkey 8.1 says only the bus port (port +
+    10000). The role's rolling restart reads these through the unix socket. Lines as Valkey 8.1 answered."""
+    text = ("1a5ab09 172.21.0.2:0@17000 myself,master - 0 0 1 connected 0-5461\n"
+            "9824eba 172.21.0.3:0@17001 slave 1a5ab09 0 1796414411522 1 connected\n")
     view = cluster.parse_nodes(text)
-    assert (view["a1"]["port"], view["b2"]["port"]) == (7000, 7001)
+    assert (view["1a5ab09"]["port"], view["9824eba"]["port"]) == (7000, 7001)
+    aux = cluster.parse_nodes("a1 10.0.0.1:0@17500,,tls-port=7000,shard-id=abc myself,master - 0 0 1 connected\n")
+    assert aux["a1"]["port"] == 7000
     sys.path.insert(0, str(ROOT / "plugins/filter"))
     from redis_instances import redis_server_cluster_successor
 
-    nodes = [{"host": "h1", "name": "a", "address": "172.19.0.2", "port": 7000},
-             {"host": "h2", "name": "b", "address": "172.19.0.3", "port": 7001}]
+    nodes = [{"host": "h1", "name": "a", "address": "172.21.0.2", "port": 7000},
+             {"host": "h2", "name": "b", "address": "172.21.0.3", "port": 7001}]
     assert redis_server_cluster_successor([text.splitlines()[1]], nodes) == nodes[1]
     # A failing replica, or one whose link is down, does not take over.
     failing = text.splitlines()[1].replace("slave", "slave,fail")

@@ -157,13 +157,15 @@ def redis_server_cluster_nodes(host_vars):
 
 def _cluster_address(field):
     """(address, port) of a CLUSTER NODES address field `ip:port@cport[,hostname[,aux=value...]]`. Valkey 8
-    names the plaintext port there to a plaintext client (0 when only TLS is served) and the TLS port in
-    the aux field tls-port: that one counts then."""
+    names the plaintext port there to a plaintext client (the role's unix socket): 0 when only TLS is
+    served. The TLS port is then the aux field tls-port where there is one, else the bus port less 10000
+    (the role leaves cluster-port at its default)."""
     main, _sep, aux = field.partition(",")
-    address, _colon, port = main.split("@", 1)[0].rpartition(":")
+    address_port, _at, bus = main.partition("@")
+    address, _colon, port = address_port.rpartition(":")
     extras = dict(item.split("=", 1) for item in aux.split(",") if "=" in item)
-    if port in ("", "0") and extras.get("tls-port"):
-        port = extras["tls-port"]
+    if port in ("", "0"):
+        port = extras.get("tls-port") or (str(int(bus) - 10000) if bus.isdigit() else port)
     return address, port
 
 

@@ -32,11 +32,13 @@ def parse_nodes(text):
             continue
         node_id, address, flags, primary, _ping, _pong, epoch, link = fields[:8]
         main, _sep, aux = address.partition(",")
-        host, _colon, port = main.split("@", 1)[0].rpartition(":")
-        # Valkey 8 names the plaintext port to a plaintext client (0 with TLS only), the TLS port in tls-port.
+        address_port, _at, bus = main.partition("@")
+        host, _colon, port = address_port.rpartition(":")
+        # Valkey 8 names the plaintext port to a plaintext client: 0 with TLS only. The TLS port is then the
+        # aux field tls-port where there is one, else the bus port less 10000 (cluster-port's default).
         extras = dict(item.split("=", 1) for item in aux.split(",") if "=" in item)
-        if port in ("", "0") and extras.get("tls-port", "").isdigit():
-            port = extras["tls-port"]
+        if port in ("", "0"):
+            port = extras.get("tls-port") or (str(int(bus) - 10000) if bus.isdigit() else port)
         slots = []
         for item in fields[8:]:
             if item.startswith("["):  # a slot being migrated or imported
