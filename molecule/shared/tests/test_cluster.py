@@ -68,9 +68,18 @@ def fields(text):
 
 
 def nodes_view(hosts, addresses):
-    """From one node: {address:port: (role, primary address:port or None, slot count)}."""
-    host = next(iter(hosts.values()))
-    entries = [line.split() for line in cli(host, PORTS[0], "CLUSTER", "NODES").splitlines() if line.strip()]
+    """From the first node that answers (one may be stopped by a test): {address:port: (role, primary
+    address:port or None, slot count)}."""
+    text = ""
+    for host in hosts.values():
+        for port in PORTS:
+            text = cli(host, port, "CLUSTER", "NODES")
+            if re.match(r"^[0-9a-f]{40} ", text):
+                break
+        else:
+            continue
+        break
+    entries = [line.split() for line in text.splitlines() if line.strip()]
     by_id = {fields_[0]: fields_[1].split("@")[0] for fields_ in entries}
     view = {}
     for fields_ in entries:
