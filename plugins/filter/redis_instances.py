@@ -155,30 +155,17 @@ def redis_server_cluster_nodes(host_vars):
     return {"nodes": nodes, "missing": missing}
 
 
-def _cluster_address(field):
-    """(address, port) of a CLUSTER NODES address field `ip:port@cport[,hostname[,aux=value...]]`. Valkey 8
-    names the plaintext port there to a plaintext client (the role's unix socket): 0 when only TLS is
-    served. The TLS port is then the aux field tls-port where there is one, else the bus port less 10000
-    (the role leaves cluster-port at its default)."""
-    main, _sep, aux = field.partition(",")
-    address_port, _at, bus = main.partition("@")
-    address, _colon, port = address_port.rpartition(":")
-    extras = dict(item.split("=", 1) for item in aux.split(",") if "=" in item)
-    if port in ("", "0"):
-        port = extras.get("tls-port") or (str(int(bus) - 10000) if bus.isdigit() else port)
-    return address, port
-
-
 def redis_server_cluster_successor(replica_lines, nodes):
     """The node (an item of redis_server_cluster_nodes' list) of the first replica in CLUSTER REPLICAS'
-    answer that is linked to its primary and not failing, or None."""
-    for line in replica_lines or []:
-        fields = str(line).split()
-        if len(fields) < 8 or fields[7] != "connected" or {"fail", "fail?"} & set(fields[2].split(",")):
+    answer that is linked to its primary and not failing, or None. The lines are read by the redis_cluster
+    module's parser (plugins/module_utils/cluster.py), which knows Valkey's port 0 for TLS-only nodes."""
+    from ansible_collections.redis_infra.redis.plugins.module_utils.cluster import parse_nodes
+
+    for entry in parse_nodes("\n".join(str(line) for line in replica_lines or [])).values():
+        if entry["link"] != "connected" or {"fail", "fail?"} & entry["flags"]:
             continue
-        address, port = _cluster_address(fields[1])
         for node in nodes:
-            if node["address"] == address and str(node["port"]) == port:
+            if node["address"] == entry["address"] and int(node["port"]) == entry["port"]:
                 return node
     return None
 
