@@ -1,0 +1,53 @@
+"""Filters around the redis_files module: the entries of many groups of files in one list, and each
+group's results back by name."""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleFilterError
+
+
+def _entries(value):
+    if value is None or value == "":
+        return []
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        return [entry for item in value for entry in _entries(item)]
+    raise AnsibleFilterError(f"redis_files_entries: {value!r} is not a file entry, a list of them or none")
+
+
+def redis_files_entries(groups):
+    """One list of redis_files entries from groups (a dict or a list of dicts, each {name: entry, a list
+    of entries, or none}), in the order of the groups and of their names; none is skipped."""
+    groups = [groups] if isinstance(groups, dict) else groups or []
+    return [entry for group in groups for value in group.values() for entry in _entries(value)]
+
+
+def redis_files_results(written, groups):
+    """Each group's results, by the same names as its entries: {name: result} (a list of results for a
+    list of entries, {} for none). A result is the module's entry (path, changed, created, checksum),
+    and `content` is the content the file had before the run when `before` was asked (the shape of a
+    slurp's result)."""
+    by_path = {item["path"]: dict(item) for item in (written or {}).get("files", [])}
+    for item in by_path.values():
+        if "before" in item:
+            item["content"] = item.pop("before")
+
+    def result(value):
+        if isinstance(value, list):
+            return [result(item) for item in value]
+        if isinstance(value, dict):
+            return by_path.get(value.get("path"), {})
+        return {}
+
+    single = isinstance(groups, dict)
+    found = [{name: result(value) for name, value in group.items()} for group in ([groups] if single else groups or [])]
+    return found[0] if single else found
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "redis_files_entries": redis_files_entries,
+            "redis_files_results": redis_files_results,
+        }

@@ -1,0 +1,321 @@
+#!/usr/bin/python
+# Copyright: redis-infra contributors
+# MIT License (see LICENSE)
+"""Write a role's files and directories, and read the files it needs, in one round trip."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: redis_files
+short_description: Put many small files and directories in place and read others, in one execution on the host
+version_added: 1.1.0
+author:
+  - redis-infra contributors (@redis-infra)
+description:
+  - Each entry of O(files) is a directory or a file whose content was rendered on the controller (with the
+    C(ansible.builtin.template) lookup, for example). The module compares every entry with what is on the host
+    (content by SHA-1, owner, group, mode) and changes only what differs. A file is written to a temporary
+    file beside it, flushed to disk and renamed over the old one, so a run cut off halfway leaves either the old
+    or the new file, never half of one.
+  - Entries are handled in order; a directory's parent must exist or come earlier in the list.
+  - O(read) lists files whose content is returned (base64), or nothing when they are missing: what the role
+    needs to decide what to do next, in the same round trip.
+  - This replaces a C(template) or C(copy) task per file, which costs two executions on the host when nothing
+    changes (a stat, then the comparison), and a C(file) or C(slurp) task per directory or read.
+options:
+  files:
+    description: Directories and files, in the order they are made.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      path:
+        description: Absolute path.
+        type: path
+        required: true
+      state:
+        description: V(file) or V(directory).
+        type: str
+        choices: [file, directory]
+        default: file
+      content:
+        description: The file's whole content (for V(file)). Masked in the module's output when O(files[].diff)
+          is false.
+        type: str
+      owner:
+        description: Owner's name.
+        type: str
+        default: root
+      group:
+        description: Group's name.
+        type: str
+        default: root
+      mode:
+        description: Mode, an octal string such as V('0640').
+        type: str
+        required: true
+      create:
+        description: Only create the file when it is missing; an existing one keeps its content (owner, group
+          and mode are still corrected).
+        type: bool
+        default: false
+      diff:
+        description: Whether RV(diff) may show the file's old and new content (false for anything holding a
+          secret).
+        type: bool
+        default: true
+      before:
+        description: Return the file's content before this run in RV(files[].before) (base64; only for files
+          without secrets).
+        type: bool
+        default: false
+  read:
+    description: Files to read (after the writes). Missing files are reported as missing, not as errors.
+    type: list
+    elements: path
+    default: []
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Check mode changes nothing and reports, per entry, what would change.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: full
+    details: Entries with O(files[].diff=false) show only that they change.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: posix
+"""
+
+EXAMPLES = r"""
+- name: Write the instance's configuration and read its state file
+  redis_infra.redis.redis_files:
+    files:
+      - {path: /etc/redis/main, state: directory, group: redis, mode: "0750"}
+      - path: /etc/redis/main/redis.conf
+        content: "{{ lookup('ansible.builtin.template', 'redis.conf.j2') }}"
+        group: redis
+        mode: "0640"
+    read: [/var/lib/redis-infra/state/main.json]
+  register: written
+"""
+
+RETURN = r"""
+files:
+  description: One entry per O(files) entry, in the same order.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path: {description: The path., type: str, returned: always}
+    changed:
+      description: Whether anything of the entry changed (or would change in check mode).
+      type: bool
+      returned: always
+    created: {description: Whether the entry did not exist., type: bool, returned: always}
+    content_changed: {description: Whether the file's content changed., type: bool, returned: always}
+    checksum:
+      description: SHA-1 of the file's content once the run is done (files only).
+      type: str
+      returned: success
+    before:
+      description: The file's content before the run (base64) when asked and the file existed.
+      type: str
+      returned: success
+read:
+  description: One entry per O(read) path, in the same order.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path: {description: The path., type: str, returned: always}
+    exists: {description: Whether the file exists., type: bool, returned: always}
+    content: {description: Its content (base64)., type: str, returned: when it exists}
+    checksum: {description: SHA-1 of its content., type: str, returned: when it exists}
+changed_paths:
+  description: The paths that changed (or would change in check mode).
+  returned: always
+  type: list
+  elements: str
+"""
+
+import base64
+import difflib
+import grp
+import hashlib
+import os
+import pwd
+import stat
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def _mode(value):
+    try:
+        return int(str(value), 8)
+    except ValueError:
+        raise ValueError(f"mode {value!r} is not an octal number such as '0640'") from None
+
+
+def _ids(owner, group, check_mode):
+    """(uid, gid); None for a name that does not exist yet in check mode (a package would create it)."""
+    try:
+        uid = pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        if not check_mode:
+            raise ValueError(f"user {owner!r} does not exist") from None
+        uid = None
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        if not check_mode:
+            raise ValueError(f"group {group!r} does not exist") from None
+        gid = None
+    return uid, gid
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def _write(path, data, uid, gid, mode):
+    """Atomically replace path with data, owned uid:gid with mode, flushed before the rename."""
+    directory = os.path.dirname(path)
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchown(handle.fileno(), uid, gid)
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def apply(entry, check_mode):
+    """Bring one entry to its wanted state; returns (result, diff or None)."""
+    path, state = entry["path"], entry["state"]
+    mode = _mode(entry["mode"])
+    uid, gid = _ids(entry["owner"], entry["group"], check_mode)
+    result = {"path": path, "changed": False, "created": False, "content_changed": False}
+    try:
+        current = os.lstat(path)
+    except FileNotFoundError:
+        current = None
+    if state == "directory":
+        if current is not None and not stat.S_ISDIR(current.st_mode):
+            raise ValueError(f"{path} exists and is not a directory")
+        if current is None:
+            result.update(changed=True, created=True)
+            if not check_mode:
+                if not os.path.isdir(os.path.dirname(path)):
+                    raise ValueError(f"the parent of {path} does not exist (list it before)")
+                os.mkdir(path, mode)
+                os.chown(path, uid, gid)
+                os.chmod(path, mode)
+            return result, None
+    else:
+        if entry.get("content") is None:
+            raise ValueError(f"{path}: a file needs content")
+        if current is not None and not stat.S_ISREG(current.st_mode):
+            raise ValueError(f"{path} exists and is not a regular file")
+        wanted = entry["content"].encode("utf-8")
+        old = _read(path) if current is not None else None
+        if entry["before"] and old is not None:
+            result["before"] = base64.b64encode(old).decode("ascii")
+        if old is None or (old != wanted and not entry["create"]):
+            result.update(changed=True, created=old is None, content_changed=True)
+            result["checksum"] = hashlib.sha1(wanted, usedforsecurity=False).hexdigest()
+            if entry["diff"]:
+                lines = difflib.unified_diff((old or b"").decode("utf-8", "replace").splitlines(keepends=True),
+                                             entry["content"].splitlines(keepends=True),
+                                             fromfile=f"{path} (before)" if old is not None else "/dev/null",
+                                             tofile=f"{path} (after)")
+                diff = {"prepared": "".join(lines)}
+            else:
+                diff = {"prepared": f"{path}: {'changed' if old is not None else 'created'} (content not shown)\n"}
+            if not check_mode:
+                if not os.path.isdir(os.path.dirname(path)):
+                    raise ValueError(f"the directory of {path} does not exist (list it before)")
+                _write(path, wanted, uid, gid, mode)
+            return result, diff
+        result["checksum"] = hashlib.sha1(old, usedforsecurity=False).hexdigest()
+    # The entry exists with the right content: owner, group and mode.
+    wrong_owner = (uid is None or current.st_uid != uid) or (gid is None or current.st_gid != gid)
+    wrong_mode = stat.S_IMODE(current.st_mode) != mode
+    if wrong_owner or wrong_mode:
+        result["changed"] = True
+        if not check_mode:
+            if wrong_owner:
+                os.lchown(path, uid, gid)
+            if wrong_mode:
+                os.chmod(path, mode)
+    return result, None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "files": {"type": "list", "elements": "dict", "default": [], "options": {
+                "path": {"type": "path", "required": True},
+                "state": {"type": "str", "choices": ["file", "directory"], "default": "file"},
+                # Masked in the output below when the entry holds a secret (diff false): a no_log option
+                # would mask every occurrence of every file's text, the diffs included.
+                "content": {"type": "str"},
+                "owner": {"type": "str", "default": "root"},
+                "group": {"type": "str", "default": "root"},
+                "mode": {"type": "str", "required": True},
+                "create": {"type": "bool", "default": False},
+                "diff": {"type": "bool", "default": True},
+                "before": {"type": "bool", "default": False},
+            }},
+            "read": {"type": "list", "elements": "path", "default": []},
+        },
+        supports_check_mode=True,
+    )
+    for entry in module.params["files"]:
+        if not entry["diff"] and entry.get("content"):
+            module.no_log_values.add(entry["content"])
+    results, diffs = [], []
+    for entry in module.params["files"]:
+        try:
+            result, diff = apply(entry, module.check_mode)
+        except (ValueError, OSError) as error:
+            module.fail_json(msg=f"{entry['path']}: {error}", files=results,
+                             changed=any(item["changed"] for item in results))
+        results.append(result)
+        if diff is not None:
+            diffs.append(diff)
+    read = []
+    for path in module.params["read"]:
+        data = _read(path)
+        found = {"path": path, "exists": data is not None}
+        if data is not None:
+            found["content"] = base64.b64encode(data).decode("ascii")
+            found["checksum"] = hashlib.sha1(data, usedforsecurity=False).hexdigest()
+        read.append(found)
+    changed_paths = [item["path"] for item in results if item["changed"]]
+    output = {"changed": bool(changed_paths), "files": results, "read": read, "changed_paths": changed_paths}
+    if module._diff and diffs:
+        output["diff"] = diffs
+    module.exit_json(**output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The redis_files module (many files in one execution) run by Ansible on real files: writes, no-op,
+owner and mode fixes, create-only files, check and diff mode, secrets kept out of the output, reads,
+and errors that name the path and write nothing for the entry in error."""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE = Path(sys.executable).with_name("ansible")
+SECRET = "a-secret-for-the-files-module-test-0123456789"
+GROUP = "daemon"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="owner and group changes need root")
+
+
+def run(files, read=(), *flags):
+    args = json.dumps({"files": files, "read": list(read)})
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+               ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_NOCOLOR="1")
+    result = subprocess.run(
+        [str(ANSIBLE), "localhost", "-c", "local", "-i", "localhost,", "-e",
+         f"ansible_python_interpreter={sys.executable}", "-m", "redis_infra.redis.redis_files", "-a", args, *flags],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120, check=False)
+    outcome = json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    return outcome, result.stdout + result.stderr
+
+
+def entries(base: Path, conf="port 6379\n", secret=SECRET):
+    return [
+        {"path": str(base / "etc"), "state": "directory", "mode": "0750", "group": GROUP},
+        {"path": str(base / "etc/redis.conf"), "mode": "0640", "group": GROUP, "content": conf, "before": True},
+        {"path": str(base / "etc/users.acl"), "mode": "0600", "diff": False, "content": f"user x on >{secret}\n"},
+        {"path": str(base / "etc/replicaof.conf"), "mode": "0640", "create": True, "content": "# empty\n"},
+    ]
+
+
+def test_writes_every_file_once_then_changes_nothing(tmp_path):
+    result, output = run(entries(tmp_path), [str(tmp_path / "etc/redis.conf"), str(tmp_path / "missing.json")])
+    assert not result.get("failed"), output
+    assert result["changed"] and len(result["changed_paths"]) == 4
+    conf = tmp_path / "etc/redis.conf"
+    assert conf.read_text() == "port 6379\n"
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o640 and conf.stat().st_gid == grp.getgrnam(GROUP).gr_gid
+    assert stat.S_IMODE((tmp_path / "etc").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "etc/users.acl").stat().st_mode) == 0o600
+    assert result["files"][1]["checksum"] == hashlib.sha1(b"port 6379\n", usedforsecurity=False).hexdigest()
+    assert result["files"][1]["created"] and "before" not in result["files"][1]
+    # Reads come after the writes: the new file's content, and a missing one is no error.
+    conf_sum = hashlib.sha1(b"port 6379\n", usedforsecurity=False).hexdigest()
+    assert result["read"][0]["exists"] and result["read"][0]["checksum"] == conf_sum
+    assert result["read"][1] == {"path": str(tmp_path / "missing.json"), "exists": False}
+    assert SECRET not in output, "a secret file's content reached the output"
+    # No temporary file is left beside the written ones.
+    assert sorted(p.name for p in (tmp_path / "etc").iterdir()) == ["redis.conf", "replicaof.conf", "users.acl"]
+
+    again, output = run(entries(tmp_path))
+    assert not again["changed"] and again["changed_paths"] == [], output
+    assert again["files"][1]["before"]  # asked for: the content before this run (base64)
+
+
+def test_fixes_mode_and_group_keeps_a_create_only_file_and_replaces_content(tmp_path):
+    run(entries(tmp_path))
+    conf, replicaof = tmp_path / "etc/redis.conf", tmp_path / "etc/replicaof.conf"
+    conf.chmod(0o644)
+    os.chown(conf, 0, 0)
+    replicaof.write_text("replicaof 10.0.0.1 6379\n")
+    result, output = run(entries(tmp_path, conf="port 6380\n"))
+    assert result["changed_paths"] == [str(conf)], output
+    assert conf.read_text() == "port 6380\n" and stat.S_IMODE(conf.stat().st_mode) == 0o640
+    assert conf.stat().st_gid == grp.getgrnam(GROUP).gr_gid
+    assert replicaof.read_text() == "replicaof 10.0.0.1 6379\n", "a create-only file was overwritten"
+    assert result["files"][1]["content_changed"] and not result["files"][1]["created"]
+
+
+def test_check_mode_changes_nothing_and_diff_hides_secret_files(tmp_path):
+    run(entries(tmp_path))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "etc").iterdir()}
+    result, output = run(entries(tmp_path, conf="port 6381\n", secret=SECRET + "-new"), (), "--check", "--diff")
+    assert result["changed"] and sorted(result["changed_paths"]) == sorted(
+        [str(tmp_path / "etc/redis.conf"), str(tmp_path / "etc/users.acl")]), output
+    assert {p.name: p.read_bytes() for p in (tmp_path / "etc").iterdir()} == before
+    conf, acl = (d["prepared"] for d in result["diff"])
+    assert "-port 6379\n+port 6381\n" in conf and str(tmp_path / "etc/redis.conf") in conf
+    assert SECRET not in output and acl == f"{tmp_path / 'etc/users.acl'}: changed (content not shown)\n"
+
+
+def test_errors_name_the_path_and_write_nothing_for_the_entry(tmp_path):
+    run(entries(tmp_path))
+    files = [{"path": str(tmp_path / "etc/redis.conf"), "mode": "0640", "content": "port 1\n"},
+             {"path": str(tmp_path / "nowhere/sub"), "state": "directory", "mode": "0755"}]
+    result, output = run(files)
+    assert result.get("failed") and "nowhere/sub" in result["msg"] and "parent" in result["msg"], output
+    wrong_group = [{"path": str(tmp_path / "etc/other"), "mode": "0640", "group": "no-such-group-here",
+                    "content": "x\n"}]
+    result, output = run(wrong_group)
+    assert result.get("failed") and "no-such-group-here" in result["msg"], output
+    assert not (tmp_path / "etc/other").exists()
+    result, output = run([{"path": str(tmp_path / "etc/redis.conf"), "mode": "rw", "content": "x\n"}])
+    assert result.get("failed") and "octal" in result["msg"], output
+    result, output = run([{"path": str(tmp_path / "etc"), "mode": "0640", "content": "x\n"}])
+    assert result.get("failed") and "not a regular file" in result["msg"], output
