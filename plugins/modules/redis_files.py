@@ -17,7 +17,8 @@ description:
     (content by SHA-1, owner, group, mode) and changes only what differs. A file is written to a temporary
     file beside it, flushed to disk and renamed over the old one, so a run cut off halfway leaves either the old
     or the new file, never half of one.
-  - Entries are handled in order; a directory's parent must exist or come earlier in the list.
+  - Entries are handled in order. A directory's missing parents are created root:root 0755 (list them
+    before it for another owner or mode); a file's directory must exist or come earlier in the list.
   - O(read) lists files whose content is returned (base64), or nothing when they are missing: what the role
     needs to decide what to do next, in the same round trip.
   - This replaces a C(template) or C(copy) task per file, which costs two executions on the host when nothing
@@ -34,10 +35,13 @@ options:
         type: path
         required: true
       state:
-        description: V(file) or V(directory).
+        description: V(file), V(directory), or V(absent) (a file that must not exist, removed when it does).
         type: str
-        choices: [file, directory]
+        choices: [file, directory, absent]
         default: file
+      content_base64:
+        description: The content in base64, for a binary file (instead of O(files[].content)).
+        type: str
       content:
         description: The file's whole content (for V(file)). Masked in the module's output when O(files[].diff)
           is false.
@@ -51,9 +55,8 @@ options:
         type: str
         default: root
       mode:
-        description: Mode, an octal string such as V('0640').
+        description: Mode, an octal string such as V('0640') (required but for V(absent)).
         type: str
-        required: true
       create:
         description: Only create the file when it is missing; an existing one keeps its content (owner, group
           and mode are still corrected).
@@ -69,6 +72,26 @@ options:
           without secrets).
         type: bool
         default: false
+  lines:
+    description:
+      - Settings lines to keep in files that another program also writes (Sentinel rewrites its config file),
+        handled after O(files). For each setting, the last line that starts with its key and a space is
+        replaced by C(key value), or the line is put at the top of the file when there is none; a setting
+        without a value removes every line of its key. The rest of the file is kept as it is, and so are its
+        owner and mode. The file must exist.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      path:
+        description: Absolute path.
+        type: path
+        required: true
+      settings:
+        description: The settings, each C({key, value}); without O(lines[].settings[].value) the key is removed.
+        type: list
+        elements: dict
+        required: true
   read:
     description: Files to read (after the writes). Missing files are reported as missing, not as errors.
     type: list
@@ -124,6 +147,14 @@ files:
       description: The file's content before the run (base64) when asked and the file existed.
       type: str
       returned: success
+lines:
+  description: One entry per O(lines) entry, in the same order.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path: {description: The path., type: str, returned: always}
+    changed: {description: Whether the file changed (or would change in check mode)., type: bool, returned: always}
 read:
   description: One entry per O(read) path, in the same order.
   returned: always
@@ -211,38 +242,50 @@ def _write(path, data, uid, gid, mode):
 def apply(entry, check_mode):
     """Bring one entry to its wanted state; returns (result, diff or None)."""
     path, state = entry["path"], entry["state"]
-    mode = _mode(entry["mode"])
-    uid, gid = _ids(entry["owner"], entry["group"], check_mode)
     result = {"path": path, "changed": False, "created": False, "content_changed": False}
     try:
         current = os.lstat(path)
     except FileNotFoundError:
         current = None
+    if state == "absent":
+        if current is None:
+            return result, None
+        if stat.S_ISDIR(current.st_mode):
+            raise ValueError(f"{path} is a directory; only files are removed")
+        result.update(changed=True, content_changed=True)
+        if not check_mode:
+            os.unlink(path)
+        return result, {"prepared": f"{path}: removed\n"}
+    if entry["mode"] is None:
+        raise ValueError("a mode is required")
+    mode = _mode(entry["mode"])
+    uid, gid = _ids(entry["owner"], entry["group"], check_mode)
     if state == "directory":
         if current is not None and not stat.S_ISDIR(current.st_mode):
             raise ValueError(f"{path} exists and is not a directory")
         if current is None:
             result.update(changed=True, created=True)
             if not check_mode:
-                if not os.path.isdir(os.path.dirname(path)):
-                    raise ValueError(f"the parent of {path} does not exist (list it before)")
+                # Missing parents are made root:root 0755 (not with this entry's mode, as mkdir -p would).
+                os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
                 os.mkdir(path, mode)
                 os.chown(path, uid, gid)
                 os.chmod(path, mode)
             return result, None
     else:
-        if entry.get("content") is None:
-            raise ValueError(f"{path}: a file needs content")
+        if (entry.get("content") is None) == (entry.get("content_base64") is None):
+            raise ValueError("a file needs content or content_base64 (one of them)")
         if current is not None and not stat.S_ISREG(current.st_mode):
             raise ValueError(f"{path} exists and is not a regular file")
-        wanted = entry["content"].encode("utf-8")
+        wanted = (entry["content"].encode("utf-8") if entry.get("content") is not None
+                  else base64.b64decode(entry["content_base64"]))
         old = _read(path) if current is not None else None
         if entry["before"] and old is not None:
             result["before"] = base64.b64encode(old).decode("ascii")
         if old is None or (old != wanted and not entry["create"]):
             result.update(changed=True, created=old is None, content_changed=True)
             result["checksum"] = hashlib.sha1(wanted, usedforsecurity=False).hexdigest()
-            if entry["diff"]:
+            if entry["diff"] and entry.get("content") is not None:
                 lines = difflib.unified_diff((old or b"").decode("utf-8", "replace").splitlines(keepends=True),
                                              entry["content"].splitlines(keepends=True),
                                              fromfile=f"{path} (before)" if old is not None else "/dev/null",
@@ -269,29 +312,68 @@ def apply(entry, check_mode):
     return result, None
 
 
+def set_lines(entry, check_mode):
+    """Apply one O(lines) entry; returns (result, diff or None)."""
+    path = entry["path"]
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    old = _read(path)
+    lines = old.decode("utf-8").splitlines(keepends=True)
+    for setting in entry["settings"]:
+        if not isinstance(setting, dict) or not str(setting.get("key") or "").strip():
+            raise ValueError(f"{path}: each setting needs a key, got {setting!r}")
+        key, value = str(setting["key"]), setting.get("value")
+        matches = [i for i, line in enumerate(lines) if line.startswith(key + " ")]
+        if value is None:
+            lines = [line for i, line in enumerate(lines) if i not in matches]
+            continue
+        wanted = f"{key} {value}\n"
+        if matches:
+            lines[matches[-1]] = wanted
+        else:
+            lines.insert(0, wanted)
+    new = "".join(lines).encode("utf-8")
+    result = {"path": path, "changed": new != old}
+    if not result["changed"]:
+        return result, None
+    diff = difflib.unified_diff(old.decode("utf-8").splitlines(keepends=True), "".join(lines).splitlines(keepends=True),
+                                fromfile=f"{path} (before)", tofile=f"{path} (after)")
+    if not check_mode:
+        _write(path, new, current.st_uid, current.st_gid, stat.S_IMODE(current.st_mode))
+    return result, {"prepared": "".join(diff)}
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
             "files": {"type": "list", "elements": "dict", "default": [], "options": {
                 "path": {"type": "path", "required": True},
-                "state": {"type": "str", "choices": ["file", "directory"], "default": "file"},
+                "state": {"type": "str", "choices": ["file", "directory", "absent"], "default": "file"},
                 # Masked in the output below when the entry holds a secret (diff false): a no_log option
                 # would mask every occurrence of every file's text, the diffs included.
                 "content": {"type": "str"},
+                "content_base64": {"type": "str"},
                 "owner": {"type": "str", "default": "root"},
                 "group": {"type": "str", "default": "root"},
-                "mode": {"type": "str", "required": True},
+                "mode": {"type": "str"},
                 "create": {"type": "bool", "default": False},
                 "diff": {"type": "bool", "default": True},
                 "before": {"type": "bool", "default": False},
+            }},
+            "lines": {"type": "list", "elements": "dict", "default": [], "options": {
+                "path": {"type": "path", "required": True},
+                "settings": {"type": "list", "elements": "dict", "required": True},
             }},
             "read": {"type": "list", "elements": "path", "default": []},
         },
         supports_check_mode=True,
     )
     for entry in module.params["files"]:
-        if not entry["diff"] and entry.get("content"):
-            module.no_log_values.add(entry["content"])
+        for key in ("content", "content_base64"):
+            if not entry["diff"] and entry.get(key):
+                module.no_log_values.add(entry[key])
     results, diffs = [], []
     for entry in module.params["files"]:
         try:
@@ -302,6 +384,16 @@ def main():
         results.append(result)
         if diff is not None:
             diffs.append(diff)
+    lines = []
+    for entry in module.params["lines"]:
+        try:
+            result, diff = set_lines(entry, module.check_mode)
+        except (ValueError, OSError, UnicodeDecodeError) as error:
+            module.fail_json(msg=f"{entry['path']}: {error}", files=results, lines=lines,
+                             changed=any(item["changed"] for item in results + lines))
+        lines.append(result)
+        if diff is not None:
+            diffs.append(diff)
     read = []
     for path in module.params["read"]:
         data = _read(path)
@@ -310,8 +402,9 @@ def main():
             found["content"] = base64.b64encode(data).decode("ascii")
             found["checksum"] = hashlib.sha1(data, usedforsecurity=False).hexdigest()
         read.append(found)
-    changed_paths = [item["path"] for item in results if item["changed"]]
-    output = {"changed": bool(changed_paths), "files": results, "read": read, "changed_paths": changed_paths}
+    changed_paths = [item["path"] for item in results + lines if item["changed"]]
+    output = {"changed": bool(changed_paths), "files": results, "lines": lines, "read": read,
+              "changed_paths": changed_paths}
     if module._diff and diffs:
         output["diff"] = diffs
     module.exit_json(**output)

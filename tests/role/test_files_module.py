@@ -4,6 +4,7 @@ and errors that name the path and write nothing for the entry in error."""
 
 from __future__ import annotations
 
+import base64
 import grp
 import hashlib
 import json
@@ -24,7 +25,15 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="owner and group chang
 
 
 def run(files, read=(), *flags):
-    args = json.dumps({"files": files, "read": list(read)})
+    return module({"files": files, "read": list(read)}, *flags)
+
+
+def run_lines(lines):
+    return module({"lines": lines})
+
+
+def module(arguments, *flags):
+    args = json.dumps(arguments)
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
                ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_NOCOLOR="1")
     result = subprocess.run(
@@ -96,10 +105,13 @@ def test_check_mode_changes_nothing_and_diff_hides_secret_files(tmp_path):
 
 def test_errors_name_the_path_and_write_nothing_for_the_entry(tmp_path):
     run(entries(tmp_path))
-    files = [{"path": str(tmp_path / "etc/redis.conf"), "mode": "0640", "content": "port 1\n"},
-             {"path": str(tmp_path / "nowhere/sub"), "state": "directory", "mode": "0755"}]
+    files = [{"path": str(tmp_path / "nowhere/sub"), "state": "directory", "mode": "0700"},
+             {"path": str(tmp_path / "elsewhere/file"), "mode": "0640", "content": "port 1\n"}]
     result, output = run(files)
-    assert result.get("failed") and "nowhere/sub" in result["msg"] and "parent" in result["msg"], output
+    assert result.get("failed") and "elsewhere/file" in result["msg"] and "directory" in result["msg"], output
+    # A directory's missing parents are made 0755, the directory itself with its own mode.
+    assert stat.S_IMODE((tmp_path / "nowhere").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "nowhere/sub").stat().st_mode) == 0o700
     wrong_group = [{"path": str(tmp_path / "etc/other"), "mode": "0640", "group": "no-such-group-here",
                     "content": "x\n"}]
     result, output = run(wrong_group)
@@ -109,3 +121,32 @@ def test_errors_name_the_path_and_write_nothing_for_the_entry(tmp_path):
     assert result.get("failed") and "octal" in result["msg"], output
     result, output = run([{"path": str(tmp_path / "etc"), "mode": "0640", "content": "x\n"}])
     assert result.get("failed") and "not a regular file" in result["msg"], output
+
+
+def test_removes_an_absent_file_and_writes_binary_content(tmp_path):
+    run(entries(tmp_path))
+    blob = bytes(range(256))
+    files = [{"path": str(tmp_path / "etc/replicaof.conf"), "state": "absent"},
+             {"path": str(tmp_path / "etc/tools.zip"), "mode": "0644", "diff": False,
+              "content_base64": base64.b64encode(blob).decode()}]
+    result, output = run(files)
+    assert result["changed_paths"] == [f["path"] for f in files], output
+    assert not (tmp_path / "etc/replicaof.conf").exists() and (tmp_path / "etc/tools.zip").read_bytes() == blob
+    again, output = run(files)
+    assert not again["changed"], output
+
+
+def test_sets_lines_of_a_file_another_program_rewrites(tmp_path):
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text("port 26379\nsentinel myid abc\ntls-port 26380\ntls-port 26381\n")
+    conf.chmod(0o640)
+    settings = [{"key": "port", "value": 0}, {"key": "bind", "value": "127.0.0.1 ::1"}, {"key": "tls-port"}]
+    result, output = run_lines([{"path": str(conf), "settings": settings}])
+    assert result["changed_paths"] == [str(conf)], output
+    assert conf.read_text() == "bind 127.0.0.1 ::1\nport 0\nsentinel myid abc\n"
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o640
+    again, output = run_lines([{"path": str(conf), "settings": settings}])
+    assert not again["changed"], output
+    missing, output = run_lines([{"path": str(tmp_path / "none.conf"), "settings": settings}])
+    assert missing.get("failed") and "does not exist" in missing["msg"], output
+

@@ -1,9 +1,11 @@
 """Pack the redis_infra package into a zip whose bytes depend only on the sources.
 
 Fixed timestamps and order make the archive identical from run to run, so that copying it to the
-hosts is idempotent; compiled files and caches are left out. Usage: build_zip.py SOURCE_DIR OUT_ZIP
+hosts is idempotent; compiled files and caches are left out. OUT_ZIP.b64 holds the same bytes in
+base64, the form the redis_files module takes them in. Usage: build_zip.py SOURCE_DIR OUT_ZIP
 """
 
+import base64
 import os
 import sys
 import zipfile
@@ -24,7 +26,12 @@ def main(source: str, out: str) -> None:
             info.compress_type = zipfile.ZIP_DEFLATED
             with open(path, "rb") as handle:
                 archive.writestr(info, handle.read())
+    with open(tmp, "rb") as handle:
+        encoded = base64.b64encode(handle.read())
+    with open(out + ".b64.tmp", "wb") as handle:
+        handle.write(encoded)
     os.replace(tmp, out)
+    os.replace(out + ".b64.tmp", out + ".b64")
 
 
 if __name__ == "__main__":
