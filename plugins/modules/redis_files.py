@@ -165,6 +165,10 @@ read:
     exists: {description: Whether the file exists., type: bool, returned: always}
     content: {description: Its content (base64)., type: str, returned: when it exists}
     checksum: {description: SHA-1 of its content., type: str, returned: when it exists}
+    writable:
+      description: Whether this user may write it (false on a read-only file system, such as a container's /proc/sys).
+      type: bool
+      returned: always
 changed_paths:
   description: The paths that changed (or would change in check mode).
   returned: always
@@ -397,7 +401,7 @@ def main():
     read = []
     for path in module.params["read"]:
         data = _read(path)
-        found = {"path": path, "exists": data is not None}
+        found = {"path": path, "exists": data is not None, "writable": data is not None and os.access(path, os.W_OK)}
         if data is not None:
             found["content"] = base64.b64encode(data).decode("ascii")
             found["checksum"] = hashlib.sha1(data, usedforsecurity=False).hexdigest()

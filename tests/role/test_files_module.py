@@ -67,7 +67,8 @@ def test_writes_every_file_once_then_changes_nothing(tmp_path):
     # Reads come after the writes: the new file's content, and a missing one is no error.
     conf_sum = hashlib.sha1(b"port 6379\n", usedforsecurity=False).hexdigest()
     assert result["read"][0]["exists"] and result["read"][0]["checksum"] == conf_sum
-    assert result["read"][1] == {"path": str(tmp_path / "missing.json"), "exists": False}
+    assert result["read"][0]["writable"]
+    assert result["read"][1] == {"path": str(tmp_path / "missing.json"), "exists": False, "writable": False}
     assert SECRET not in output, "a secret file's content reached the output"
     # No temporary file is left beside the written ones.
     assert sorted(p.name for p in (tmp_path / "etc").iterdir()) == ["redis.conf", "replicaof.conf", "users.acl"]
