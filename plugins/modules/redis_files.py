@@ -19,8 +19,8 @@ description:
     or the new file, never half of one.
   - Entries are handled in order. A directory's missing parents are created root:root 0755 (list them
     before it for another owner or mode); a file's directory must exist or come earlier in the list.
-  - O(read) lists files whose content is returned (base64), or nothing when they are missing: what the role
-    needs to decide what to do next, in the same round trip.
+  - O(read) lists files whose content is returned (base64), or nothing when they are missing; so what the role
+    needs to decide what to do next comes back in the same round trip.
   - This replaces a C(template) or C(copy) task per file, which costs two executions on the host when nothing
     changes (a stat, then the comparison), and a C(file) or C(slurp) task per directory or read.
 options:
@@ -63,7 +63,7 @@ options:
         type: bool
         default: false
       diff:
-        description: Whether RV(diff) may show the file's old and new content (false for anything holding a
+        description: Whether the diff may show the file's old and new content (false for anything holding a
           secret).
         type: bool
         default: true
@@ -88,7 +88,7 @@ options:
         type: path
         required: true
       settings:
-        description: The settings, each C({key, value}); without O(lines[].settings[].value) the key is removed.
+        description: The settings, each C({key, value}); without a C(value) the key is removed.
         type: list
         elements: dict
         required: true
