@@ -373,6 +373,9 @@ def main():
             "read": {"type": "list", "elements": "path", "default": []},
         },
         supports_check_mode=True,
+        # Contents hold passwords (connection files, ACL files, masterauth): the invocation is never written
+        # to the host's journal. In the result, secret contents are masked below.
+        no_log=True,
     )
     for entry in module.params["files"]:
         for key in ("content", "content_base64"):
