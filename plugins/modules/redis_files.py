@@ -40,11 +40,11 @@ options:
         choices: [file, directory, absent]
         default: file
       content_base64:
-        description: The content in base64, for a binary file (instead of O(files[].content)).
+        description: The content in base64, for a binary file (instead of O(files[].content)). Never logged.
         type: str
       content:
-        description: The file's whole content (for V(file)). Masked in the module's output when O(files[].diff)
-          is false.
+        description: The file's whole content (for V(file)). Never logged (the host's journal, the module's
+          invocation); the diff shows it only when O(files[].diff) is true.
         type: str
       owner:
         description: Owner's name.
@@ -349,16 +349,25 @@ def set_lines(entry, check_mode):
     return result, {"prepared": "".join(diff)}
 
 
+class FilesModule(AnsibleModule):
+    """AnsibleModule that writes only the paths of an invocation to the host's journal: the contents hold
+    passwords, and AnsibleModule masks no_log suboptions in its result but not in that log line."""
+
+    def _log_invocation(self):
+        paths = [entry["path"] for key in ("files", "lines") for entry in self.params.get(key) or []]
+        self.log(f"Invoked with paths={paths} read={self.params.get('read') or []}")
+
+
 def main():
-    module = AnsibleModule(
+    module = FilesModule(
         argument_spec={
             "files": {"type": "list", "elements": "dict", "default": [], "options": {
                 "path": {"type": "path", "required": True},
                 "state": {"type": "str", "choices": ["file", "directory", "absent"], "default": "file"},
-                # Masked in the output below when the entry holds a secret (diff false): a no_log option
-                # would mask every occurrence of every file's text, the diffs included.
-                "content": {"type": "str"},
-                "content_base64": {"type": "str"},
+                # Contents hold passwords (connection files, ACL files, masterauth): never in the host's
+                # journal, where the module logs its invocation, nor in the result.
+                "content": {"type": "str", "no_log": True},
+                "content_base64": {"type": "str", "no_log": True},
                 "owner": {"type": "str", "default": "root"},
                 "group": {"type": "str", "default": "root"},
                 "mode": {"type": "str"},
@@ -373,14 +382,7 @@ def main():
             "read": {"type": "list", "elements": "path", "default": []},
         },
         supports_check_mode=True,
-        # Contents hold passwords (connection files, ACL files, masterauth): the invocation is never written
-        # to the host's journal. In the result, secret contents are masked below.
-        no_log=True,
     )
-    for entry in module.params["files"]:
-        for key in ("content", "content_base64"):
-            if not entry["diff"] and entry.get(key):
-                module.no_log_values.add(entry[key])
     results, diffs = [], []
     for entry in module.params["files"]:
         try:

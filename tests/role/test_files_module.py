@@ -95,12 +95,14 @@ def test_fixes_mode_and_group_keeps_a_create_only_file_and_replaces_content(tmp_
 def test_check_mode_changes_nothing_and_diff_hides_secret_files(tmp_path):
     run(entries(tmp_path))
     before = {p.name: p.read_bytes() for p in (tmp_path / "etc").iterdir()}
-    result, output = run(entries(tmp_path, conf="port 6381\n", secret=SECRET + "-new"), (), "--check", "--diff")
+    # (A one-line content would show masked: contents are no_log values, and such a diff line is all of it.)
+    changed = entries(tmp_path, conf="port 6381\nsave 60 1\n", secret=SECRET + "-new")
+    result, output = run(changed, (), "--check", "--diff")
     assert result["changed"] and sorted(result["changed_paths"]) == sorted(
         [str(tmp_path / "etc/redis.conf"), str(tmp_path / "etc/users.acl")]), output
     assert {p.name: p.read_bytes() for p in (tmp_path / "etc").iterdir()} == before
     conf, acl = (d["prepared"] for d in result["diff"])
-    assert "-port 6379\n+port 6381\n" in conf and str(tmp_path / "etc/redis.conf") in conf
+    assert "-port 6379\n+port 6381\n+save 60 1\n" in conf and str(tmp_path / "etc/redis.conf") in conf
     assert SECRET not in output and acl == f"{tmp_path / 'etc/users.acl'}: changed (content not shown)\n"
 
 
@@ -151,3 +153,34 @@ def test_sets_lines_of_a_file_another_program_rewrites(tmp_path):
     missing, output = run_lines([{"path": str(tmp_path / "none.conf"), "settings": settings}])
     assert missing.get("failed") and "does not exist" in missing["msg"], output
 
+
+
+def test_the_invocation_logged_on_the_host_holds_no_content(tmp_path, monkeypatch):
+    """AnsibleModule writes each invocation to the host's journal: contents are masked there."""
+    from ansible.module_utils import basic
+    from ansible.module_utils.common.text.converters import to_bytes
+
+    sys.path.insert(0, str(ROOT / "plugins/modules"))
+    try:
+        import redis_files
+    finally:
+        sys.path.pop(0)
+    logged = []
+    monkeypatch.setattr(basic.AnsibleModule, "log", lambda self, msg, log_args=None: logged.append(msg))
+    args = {"ANSIBLE_MODULE_ARGS": {"files": [
+        {"path": str(tmp_path / "conf"), "mode": "0640", "content": f"port 6379\nrequirepass {SECRET}\n"},
+        {"path": str(tmp_path / "zip"), "mode": "0644", "content_base64": base64.b64encode(SECRET.encode()).decode()}]}}
+    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps(args)))
+    monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy")
+    results = []
+
+    def stop(self, **result):
+        results.append(result)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", stop)
+    with pytest.raises(SystemExit):
+        redis_files.main()
+    assert results and results[0]["changed"] and (tmp_path / "conf").read_text().endswith(f"{SECRET}\n")
+    assert logged and all(SECRET not in msg and base64.b64encode(SECRET.encode()).decode() not in msg
+                          for msg in logged), logged
