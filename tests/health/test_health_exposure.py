@@ -48,7 +48,9 @@ def test_slow_command_arguments_never_leave_the_checker(make_instance, health_co
         checker.wait_for(lambda d: d["instances"], what="first cycle")
         admin = instance.admin()
         admin.set(f"session:{SECRET}", f"value-{SECRET}")
-        script = "local i = 0 while i < 3000000 do i = i + 1 end return ARGV[1]"
+        # The marker stands for the script's body: a number such as the loop's bound can also appear in a
+        # metric's value (process_cpu_seconds_total 3.1300000000000003).
+        script = "local marker = 'lua-body-marker' local i = 0 while i < 3000000 do i = i + 1 end return ARGV[1]"
         assert admin.eval(script, 0, SECRET) == SECRET                  # a slow command with a secret
         admin.hset(f"user:{SECRET}", "token", SECRET)
 
@@ -64,7 +66,7 @@ def test_slow_command_arguments_never_leave_the_checker(make_instance, health_co
         exposed = {**bodies, "webhook": json.dumps(events), "log": caplog.text}
         for where, text in exposed.items():
             assert SECRET not in text, f"{where} carries a command argument"
-            assert "3000000" not in text, f"{where} carries the script"
+            assert "lua-body-marker" not in text, f"{where} carries the script"
     finally:
         hook.close()
 
