@@ -19,6 +19,9 @@ import tls_setup
 from preflight_cases import FAILURE_MESSAGE
 from testinfra.utils.ansible_runner import AnsibleRunner
 
+# Redis hosts only (a scenario may have a monitoring host: test_monitoring.py).
+testinfra_hosts = ["ansible://redis"]
+
 PROJECT = os.path.join(os.path.dirname(__file__), "..", "..", "..")
 CRON_FILE = "/etc/cron.d/redis-infra-backup"
 STATUS_DIR = "/var/lib/redis-infra/backup-status"

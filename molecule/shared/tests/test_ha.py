@@ -20,6 +20,9 @@ from preflight_cases import case_tasks
 from testinfra.utils.ansible_runner import AnsibleRunner
 from writers import ThreadedWriter
 
+# Redis hosts only (a scenario may have a monitoring host: test_monitoring.py).
+testinfra_hosts = ["ansible://redis"]
+
 INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE")
 if not INVENTORY:
     pytest.skip("not run by Molecule", allow_module_level=True)

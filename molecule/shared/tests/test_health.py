@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 import time
 
 import pytest
 import tls_setup
+
+# Redis hosts only (a scenario may have a monitoring host: test_monitoring.py).
+testinfra_hosts = ["ansible://redis"]
 
 PORT = 9122
 
@@ -18,11 +22,23 @@ def instances(host):
 
 
 def get(host, path):
-    """(status, body) of an HTTP GET on the checker, from inside the container."""
+    """(status, body) of an HTTP GET on the checker, from inside the container: over https with the host's
+    CA and with basic auth when the scenario serves the checker that way (it is scraped from a monitoring host)."""
+    variables = host.ansible.get_variables()
+    tls = bool(variables.get("redis_health_tls_server_certificate"))
+    users = variables.get("redis_health_basic_auth_users") or {}
+    auth = ""
+    if users:
+        user, password = sorted(users.items())[0]
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        auth = f"req.add_header('Authorization', 'Basic {token}')\n"
     script = (
-        "import sys, urllib.request, urllib.error\n"
+        "import ssl, sys, urllib.request, urllib.error\n"
+        f"req = urllib.request.Request('{'https' if tls else 'http'}://127.0.0.1:{PORT}{path}')\n"
+        + auth
+        + f"ctx = ssl.create_default_context(cafile='/etc/redis-infra/tls/ca.crt') if {tls} else None\n"
         "try:\n"
-        f"    r = urllib.request.urlopen('http://127.0.0.1:{PORT}{path}', timeout=5)\n"
+        "    r = urllib.request.urlopen(req, timeout=5, context=ctx)\n"
         "    print(r.status); print(r.read().decode())\n"
         "except urllib.error.HTTPError as e:\n"
         "    print(e.code); print(e.read().decode())\n"

@@ -15,6 +15,9 @@ import tls_setup
 from preflight_cases import case_tasks
 from tls_setup import CA_FILE, tls_on
 
+# Redis hosts only (a scenario may have a monitoring host: test_monitoring.py).
+testinfra_hosts = ["ansible://redis"]
+
 PROFILE_SETTINGS = {
     "development": {"maxmemory": "0", "maxmemory-policy": "noeviction", "appendonly": "no",
                     "appendfsync": "everysec", "save": "3600 1 300 100 60 10000"},
