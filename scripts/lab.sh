@@ -32,19 +32,22 @@ controller_ca() {
 
 case "${1:-up}" in
   up)
-    if [ ! -f "$secrets" ] || ! grep -q LAB_SENTINEL_PASSWORD "$secrets"; then
-      mkdir -p .lab && chmod 700 .lab
+    # The passwords a lab needs; those missing from an older lab's file are added, the others kept.
+    mkdir -p .lab && chmod 700 .lab
+    (
       umask 077
+      touch "$secrets"
       # URL-safe, 48 characters: usable as-is in redis://:password@host URLs.
       for name in LAB_REDIS_PASSWORD LAB_REDIS_ADMIN_PASSWORD LAB_REDIS_MONITOR_PASSWORD LAB_REDIS_BACKUP_PASSWORD \
-                  LAB_REDIS_REPLICATION_PASSWORD LAB_REDIS_SENTINEL_ACL_PASSWORD LAB_SENTINEL_PASSWORD; do
-        echo "$name=$(openssl rand -base64 36 | tr '+/' '-_')"
-      done > "$secrets"
-    fi
+                  LAB_REDIS_REPLICATION_PASSWORD LAB_REDIS_SENTINEL_ACL_PASSWORD LAB_SENTINEL_PASSWORD LAB_HEALTH_PASSWORD; do
+        grep -q "^$name=" "$secrets" || echo "$name=$(openssl rand -base64 36 | tr '+/' '-_')" >> "$secrets"
+      done
+    )
     set -a; . "$secrets"; set +a
     molecule converge -s lab
     echo
-    hosts=$(docker ps --filter label=owner=molecule --filter name=redis-infra-lab --format '{{.Names}}' | sort)
+    hosts=$(docker ps --filter label=owner=molecule --filter name=redis-infra-lab --format '{{.Names}}' | grep -v -- -mon | sort)
+    monitor=redis-infra-lab-mon
     first=${hosts%%$'\n'*}
     # The production profile serves the ports with TLS only; a lab converged without it serves plaintext.
     # Ask the port itself rather than the inventory, so the commands below are the ones that work.
@@ -63,21 +66,26 @@ case "${1:-up}" in
     for host in $hosts; do
       ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$host")
       role=$(admin_cli "$host" "${tls[@]}" ROLE | head -1)
-      echo "  $host  $ip  redis :6379$over ($role)  sentinel :26379$over  health 127.0.0.1:9122 inside the container"
+      echo "  $host  $ip  redis :6379$over ($role)  sentinel :26379$over  health https://$ip:9122"
     done
+    echo "  $monitor  Prometheus 127.0.0.1:9090 and Alertmanager 127.0.0.1:9093 inside the container"
     echo "  Topology (primary, replicas, Sentinels): .lab/topology.json"
     echo "  Applications: ask a Sentinel for 'main' (SENTINEL GET-MASTER-ADDR-BY-NAME main), then $scheme://:<LAB_REDIS_PASSWORD>@<primary>:6379"
     if [ -n "$over" ]; then
       echo "          verifying with the lab's CA: ${ca:-not found under the Molecule ephemeral directory; copy $host_ca from a lab container}"
       echo "          (redis-py: ssl=True, ssl_ca_certs=<that file>; each host's certificate names its IP)"
     fi
-    echo "  Passwords: $secrets (application = default user, admin, monitor, backup, replication, Sentinel)."
+    echo "  Passwords: $secrets (application = default user, admin, monitor, backup, replication, Sentinel,"
+    echo "             health = the checkers' basic-auth user prometheus)."
     echo "  Try:  docker exec -it $first $cli --user admin --askpass INFO replication"
     echo "        docker exec -it $first $cli -p 26379 --askpass SENTINEL GET-MASTER-ADDR-BY-NAME main"
-    echo "        docker exec $first python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:9122/api/health\").read().decode())'"
+    echo "        docker exec $first redis-infra-health check      (the health checks once: exit 0, 1 or 2)"
+    echo "        docker exec $monitor python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:9090/api/v1/alerts\").read().decode())'"
+    echo "        scripts/bench-alerts.py --inventory <the lab's Molecule inventory>   (fault-to-webhook delays)"
     echo "  Set up: AOF everysec + RDB snapshots, maxmemory 2gb allkeys-lru, ACL users (FLUSHALL, KEYS, CONFIG, ..."
-    echo "          refused for the application), nightly verified backups, health checker on loopback :9122"
-    echo "          (plain HTTP, no auth in the lab), Sentinel failover; kernel settings saved (a container cannot apply them)."
+    echo "          refused for the application), nightly verified backups, health checker on :9122 (TLS with the"
+    echo "          host's certificate, basic auth) scraped by Prometheus with the project's alerts, Sentinel failover;"
+    echo "          kernel settings saved (a container cannot apply them)."
     if [ -n "$over" ]; then
       echo "  TLS:    the Redis and Sentinel ports serve TLS only (TLS 1.2/1.3, the lab's private CA); the unix socket"
       echo "          /run/redis-main/redis-server.sock inside each container stays plain."
