@@ -164,7 +164,7 @@ def test_project_alerts_loaded_with_the_inventory_durations(host):
     assert set(loaded) == set(shipped)
     # redis_monitoring_alert_for of the scenario: RedisDown and RedisHealthCheckerDown after 5 s
     assert loaded["RedisDown"]["duration"] == 5 and loaded["RedisHealthCheckerDown"]["duration"] == 5
-    assert loaded["RedisMemoryHigh"]["duration"] == 300, "the other alerts keep the shipped durations"
+    assert loaded["RedisMemoryCritical"]["duration"] == 120, "the other alerts keep the shipped durations"
 
 
 def test_no_alert_fires_on_the_healthy_host(host):
@@ -205,15 +205,59 @@ def test_health_checker_down_pages_the_webhook_and_resolves(sink, redis_host):
     print(f"RedisHealthCheckerDown: fired {fired:.1f} s after the stop, resolved {resolved:.1f} s after the start")
 
 
-def test_slow_command_pages_the_webhook(sink, redis_host):
+def admin(redis_host, *args):
+    """The engine's CLI as the admin user on the Redis host; the password goes through REDISCLI_AUTH."""
     variables = RUNNER.get_variables(REDIS_HOST)
     cli = tls_setup.cli(variables.get("redis_server_engine", "redis"), variables)
+    password = shlex.quote(variables["redis_server_admin_password"])
+    command = f"{cli} --no-auth-warning --user admin -p 6379 " + " ".join(shlex.quote(str(a)) for a in args)
+    return redis_host.check_output(f"REDISCLI_AUTH={password} {command}")
+
+
+def test_memory_above_80_percent_pages_the_webhook_and_resolves(sink, redis_host):
+    maxmemory = admin(redis_host, "CONFIG", "GET", "maxmemory").splitlines()[-1]
+    used = int(next(line.split(":")[1] for line in admin(redis_host, "INFO", "memory").splitlines()
+                    if line.startswith("used_memory:")))
+    # maxmemory just above what is used: about 90 % full, nothing evicted.
+    fault = time.time()
+    admin(redis_host, "CONFIG", "SET", "maxmemory", int(used / 0.9))
+    try:
+        fired = wait_for_page(sink, "RedisMemoryHigh", "firing", fault)
+    finally:
+        repaired = time.time()
+        admin(redis_host, "CONFIG", "SET", "maxmemory", maxmemory)
+    resolved = wait_for_page(sink, "RedisMemoryHigh", "resolved", repaired)
+    print(f"RedisMemoryHigh: fired {fired:.1f} s after maxmemory was lowered, resolved {resolved:.1f} s after")
+
+
+def test_stale_backup_pages_the_webhook_and_resolves(sink, redis_host):
+    """The backup status file says the last good backup is two days old (the file, owner and mode kept)."""
+    path = "/var/lib/redis-infra/backup-status/main.json"
+    original = redis_host.file(path).content_string
+    age = (
+        "import json, sys, time\n"
+        "path = sys.argv[1]\n"
+        "data = json.load(open(path))\n"
+        "old = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(time.time() - 2 * 86400))\n"
+        "data['time'] = data['last_success'] = old\n"
+        "open(path, 'w').write(json.dumps(data))\n"
+    )
+    fault = time.time()
+    redis_host.run_test(f"python3 -c {shlex.quote(age)} {path}")
+    try:
+        fired = wait_for_page(sink, "RedisBackupStale", "firing", fault)
+    finally:
+        repaired = time.time()
+        redis_host.run_test(f"printf %s {shlex.quote(original)} > {path}")
+    resolved = wait_for_page(sink, "RedisBackupStale", "resolved", repaired)
+    print(f"RedisBackupStale: fired {fired:.1f} s after the status aged, resolved {resolved:.1f} s after")
+
+
+def test_slow_command_pages_the_webhook(sink, redis_host):
     # A Lua loop of a few hundred milliseconds, above the checker's 100 ms slow-query threshold.
     script = "local i = 0 while i < 30000000 do i = i + 1 end return i"
     fault = time.time()
-    password = shlex.quote(variables["redis_server_admin_password"])
-    command = f"{cli} --no-auth-warning --user admin -p 6379 EVAL {shlex.quote(script)} 0"
-    redis_host.run_test(f"REDISCLI_AUTH={password} {command}")
+    admin(redis_host, "EVAL", script, 0)
     fired = wait_for_page(sink, "RedisSlowQueries", "firing", fault)
     print(f"RedisSlowQueries: fired {fired:.1f} s after the command (it resolves once the 10-minute window has passed)")
 
