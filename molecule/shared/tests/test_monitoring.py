@@ -262,9 +262,10 @@ def test_slow_command_pages_the_webhook(sink, redis_host):
     print(f"RedisSlowQueries: fired {fired:.1f} s after the command (it resolves once the 10-minute window has passed)")
 
 
-# Panels whose series exist only where an instance is a replica or has replicas: this scenario has one
-# standalone instance. The HA lab has both (scripts/bench-alerts.py runs there).
-NEEDS_REPLICATION = ("redis_master_link_up", "redis_connected_slave_lag_seconds")
+# Panels whose series exist only where an instance is a replica or has replicas, or is a cluster node: this
+# scenario has one standalone instance. The metrics contract test (tests/health/test_health_assets.py) shows
+# that the checker exports each of them where it applies.
+NEEDS_REPLICATION = ("redis_master_link_up", "redis_connected_slave_lag_seconds", "redis_cluster_")
 
 
 def test_grafana_provisioning_and_every_dashboard_query_returns_data(host):
