@@ -17,7 +17,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-host: ## Install and start what this machine needs (engine, debootstrap, redis-server, promtool)
+host: ## Install and start what this machine needs (engine, debootstrap, redis-server, promtool, redis_exporter)
 	scripts/bootstrap-host.sh
 
 $(BIN)/.installed: requirements.txt

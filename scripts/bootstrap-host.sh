@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Install and start what the project needs on this machine (Debian/Ubuntu, as root): the container
 # engine, debootstrap for the test images, redis-server for the fast tests, promtool for the alert
-# rule tests. Safe to run again: installs only what is missing and starts the engine only if stopped.
+# rule tests, prometheus-redis-exporter (oliver006/redis_exporter) for the test that compares the health
+# checker's metrics with the exporter's. Safe to run again: installs only what is missing and starts
+# the engine only if stopped.
 set -euo pipefail
 
-packages=(docker.io debootstrap redis-server redis-tools prometheus python3-venv rsync)
+packages=(docker.io debootstrap redis-server redis-tools prometheus prometheus-redis-exporter python3-venv rsync)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -16,8 +18,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   echo "bootstrap: installing ${missing[*]}"
   apt-get update -qq
-  # policy-rc.d 101: the packages' own services (redis-server, prometheus) stay stopped; the tests
-  # start the servers they need themselves.
+  # policy-rc.d 101: the packages' own services (redis-server, prometheus, prometheus-redis-exporter)
+  # stay stopped; the tests start the servers they need themselves.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
