@@ -33,6 +33,8 @@ INFO_METRICS: dict[str, tuple[str, str, str]] = {
     # Memory
     "used_memory": ("redis_memory_used_bytes", "gauge", "Memory used by Redis (used_memory)"),
     "used_memory_rss": ("redis_memory_used_rss_bytes", "gauge", "Resident memory of the server process"),
+    # redis_exporter only with --include-system-metrics; awesome-prometheus-alerts' RedisOutOfSystemMemory
+    "total_system_memory": ("redis_total_system_memory_bytes", "gauge", "Memory of the host (total_system_memory)"),
     "used_memory_peak": ("redis_memory_used_peak_bytes", "gauge", "Peak memory used"),
     "used_memory_lua": ("redis_memory_used_lua_bytes", "gauge", "Memory used by the Lua engine"),
     "used_memory_overhead": ("redis_memory_used_overhead_bytes", "gauge", "Memory overhead"),

@@ -151,12 +151,7 @@ CHECKER_INFO_LABELS = frozenset({"master_replid", "valkey_version", "replication
 EXPORTER_ZERO_SERIES = frozenset({"redis_db_keys", "redis_db_keys_expiring"})
 # Contract metrics the checker does not export, and why. The test fails when one appears, so that it
 # moves into the comparison.
-NOT_IN_CHECKER = {
-    # awesome-prometheus-alerts' RedisOutOfSystemMemory. redis_exporter exports it only when started with
-    # --include-system-metrics (off by default, as the rule's comment says), so this test starts it so;
-    # the checker follows the exporter's default.
-    "redis_total_system_memory_bytes": "redis_exporter exports it only with --include-system-metrics",
-}
+NOT_IN_CHECKER: dict[str, str] = {}
 # Metrics (anywhere in the output, not only the contract) whose TYPE differs: exporter's, checker's.
 TYPE_DIFFERENCES = {
     # redis_exporter declares these two cluster-bus counters gauges; the checker, counters (PromQL does not
