@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -577,10 +578,13 @@ def test_a_renewed_certificate_is_served_live_without_a_client_error(host, env, 
     worker = threading.Thread(target=load, daemon=True)
     worker.start()
     try:
-        # The certificate issued at converge is valid for 365 days: with a renewal window longer than
-        # that, this run must renew it (and the new one is valid for 500 days).
-        result = reconverge("-e", "redis_server_tls_certificate_days=500", "-e", "redis_server_tls_renew_days=400",
-                            server_only=True)
+        # With a renewal window longer than the served certificate has left (365 days after a first converge,
+        # more when the controller's CA directory is an earlier run's), this run must renew it, for longer.
+        end = host.check_output(f"openssl s_client -connect 127.0.0.1:{port} -CAfile {CA_FILE} </dev/null 2>/dev/null"
+                                " | openssl x509 -noout -enddate").split("=", 1)[1]
+        left = (datetime.datetime.strptime(end, "%b %d %H:%M:%S %Y %Z") - datetime.datetime.utcnow()).days
+        result = reconverge("-e", f"redis_server_tls_certificate_days={left + 135}", "-e",
+                            f"redis_server_tls_renew_days={left + 35}", server_only=True)
         assert result.returncode == 0, result.stdout[-3000:]
         assert "new TLS certificate, taken live" in result.stdout, result.stdout[-3000:]
     finally:
