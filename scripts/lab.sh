@@ -44,6 +44,11 @@ case "${1:-up}" in
       done
     )
     set -a; . "$secrets"; set +a
+    # Molecule remembers a lab it created; when its containers are gone (removed by hand, or by a test
+    # run's clean-up), it would converge hosts that do not exist: forget them first.
+    if [ -z "$(docker ps -aq --filter label=owner=molecule --filter name=redis-infra-lab)" ]; then
+      molecule destroy -s lab >/dev/null
+    fi
     molecule converge -s lab
     echo
     hosts=$(docker ps --filter label=owner=molecule --filter name=redis-infra-lab --format '{{.Names}}' | grep -v -- -mon | sort)
