@@ -12,15 +12,21 @@ the script points the default receiver at it only if the deployed config already
 (redis_monitoring_webhook_url: http://127.0.0.1:9099/hook, as the lab and the Molecule scenario do).
 It also reports the resident memory of Prometheus and Alertmanager.
 
-Every wait is bounded (--timeout), the sink and any stopped instance are restored on exit.
+With --fault replica-link, each trial instead breaks a replica's link to its primary (a wrong masterauth,
+then CLIENT KILL TYPE master; the admin password comes from REDIS_ADMIN_PASSWORD, never argv) and times
+RedisReplicationBroken; the replica's masterauth is put back to repair it.
+
+Every wait is bounded (--timeout), the sink and any stopped instance or broken link are restored on exit.
 
   scripts/bench-alerts.py --inventory ~/.ansible/tmp/molecule.XXXX.lab/inventory --trials 3
+  REDIS_ADMIN_PASSWORD=... scripts/bench-alerts.py --inventory ... --fault replica-link --trials 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import statistics
@@ -68,7 +74,7 @@ def groups(inventory: str) -> dict:
     return {name: value.get("hosts", []) for name, value in data.items() if isinstance(value, dict)}
 
 
-def wait_for_page(monitor: str, host: str, status: str, since: float, timeout: float) -> float:
+def wait_for_page(monitor: str, alertname: str, host: str, status: str, since: float, timeout: float) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in sh(monitor, f"cat {SINK_LOG} 2>/dev/null || true").splitlines():
@@ -77,10 +83,10 @@ def wait_for_page(monitor: str, host: str, status: str, since: float, timeout: f
                 continue
             for alert in note["body"]["alerts"]:
                 labels = alert["labels"]
-                if (labels["alertname"], labels.get("instance"), alert["status"]) == ("RedisDown", host, status):
+                if (labels["alertname"], labels.get("instance"), alert["status"]) == (alertname, host, status):
                     return note["received"] - since
         time.sleep(0.5)
-    sys.exit(f"bench-alerts: RedisDown {status} for {host} did not reach the webhook within {timeout} s")
+    sys.exit(f"bench-alerts: {alertname} {status} for {host} did not reach the webhook within {timeout} s")
 
 
 def settings(monitor: str, target: str) -> dict:
@@ -88,7 +94,7 @@ def settings(monitor: str, target: str) -> dict:
     config = sh(monitor, "cat /etc/prometheus/prometheus.yml")
     rules = sh(monitor, "cat /etc/prometheus/rules/redis-infra.yml")
     alertmanager = sh(monitor, "cat /etc/prometheus/alertmanager.yml")
-    down = re.search(r"alert: RedisDown\n\s+expr: .*\n\s+for: (\S+)", rules)
+    durations = dict(re.findall(r"alert: (\w+)\n\s+expr: .*\n\s+for: (\S+)", rules))
     if f"127.0.0.1:{SINK_PORT}/" not in alertmanager:
         sys.exit(f"bench-alerts: the default receiver does not post to 127.0.0.1:{SINK_PORT}; deploy with "
                  f"redis_monitoring_webhook_url: http://127.0.0.1:{SINK_PORT}/hook")
@@ -101,7 +107,7 @@ def settings(monitor: str, target: str) -> dict:
         "checker_interval": find(r"(?m)^interval\s*=\s*(\d+)", checker),
         "scrape_interval": find(r"scrape_interval: (\S+)", config),
         "evaluation_interval": find(r"evaluation_interval: (\S+)", config),
-        "RedisDown_for": down.group(1) if down else "?",
+        "for": {name: durations.get(name, "?") for name in ("RedisDown", "RedisReplicationBroken")},
         "group_wait": find(r"group_wait: (\S+)", alertmanager),
         "group_interval": find(r"group_interval: (\S+)", alertmanager),
     }
@@ -112,6 +118,8 @@ def main() -> int:
     parser.add_argument("--inventory", required=True, help="the inventory the containers were converged with")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--instance", default="main")
+    parser.add_argument("--fault", choices=["redis-down", "replica-link"], default="redis-down",
+                        help="stop the instance (RedisDown), or break a replica's link (RedisReplicationBroken)")
     parser.add_argument("--timeout", type=float, default=420, help="longest wait for one notification, seconds")
     args = parser.parse_args()
 
@@ -126,8 +134,46 @@ def main() -> int:
     if len(redis_hosts) > 1 and candidates == redis_hosts:
         sys.exit("bench-alerts: every Redis host is a primary; stopping one would start a failover")
     target = candidates[-1]
-    unit = f"redis-server@{args.instance}.service"
     found = settings(monitor, target)
+    admin_password = os.environ.get("REDIS_ADMIN_PASSWORD", "")
+
+    def admin(*command: str, last: str | None = None) -> str:
+        """The admin user's CLI on the target's unix socket; the password goes through the environment, and a
+        secret last argument through stdin (redis-cli -x), never argv."""
+        argv = ["docker", "exec", "-i", "-e", "REDISCLI_AUTH", target, "redis-cli", "--no-auth-warning", "--user",
+                "admin", "-s", f"/run/redis-{args.instance}/redis-server.sock", *(["-x"] if last is not None else []),
+                *command]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False, input=last or "",
+                                env={**os.environ, "REDISCLI_AUTH": admin_password})
+        if result.returncode != 0 or result.stdout.startswith(("ERR", "NOPERM", "WRONGPASS")):
+            sys.exit(f"bench-alerts: {' '.join(command[:2])} on {target} failed: {result.stdout or result.stderr}")
+        return result.stdout
+
+    unit = f"redis-server@{args.instance}.service"
+    if args.fault == "redis-down":
+        alertname = "RedisDown"
+
+        def break_it() -> None:
+            sh(target, f"systemctl stop {unit}")
+
+        def repair() -> None:
+            sh(target, f"systemctl start {unit}", check=False)
+    else:
+        # The replica's link to its primary: a wrong masterauth, and the link cut so that it must
+        # authenticate again; the password it had is put back (and a converge would put it back too).
+        if not admin_password:
+            sys.exit("bench-alerts: --fault replica-link needs REDIS_ADMIN_PASSWORD (the lab's admin password)")
+        if target in primaries:
+            sys.exit("bench-alerts: --fault replica-link needs a replica")
+        alertname = "RedisReplicationBroken"
+        masterauth = admin("CONFIG", "GET", "masterauth").splitlines()[-1]
+
+        def break_it() -> None:
+            admin("CONFIG", "SET", "masterauth", "bench-alerts-wrong-password")
+            admin("CLIENT", "KILL", "TYPE", "master")
+
+        def repair() -> None:
+            admin("CONFIG", "SET", "masterauth", last=masterauth)
 
     sh(monitor, f"systemctl stop {SINK_UNIT} 2>/dev/null; rm -f {SINK_LOG}", check=False)
     sh(monitor, f"systemd-run --unit={SINK_UNIT} --collect python3 -c {shlex.quote(SINK)}")
@@ -135,20 +181,20 @@ def main() -> int:
     try:
         for trial in range(args.trials):
             fault = time.time()
-            sh(target, f"systemctl stop {unit}")
+            break_it()
             try:
-                fired.append(wait_for_page(monitor, target, "firing", fault, args.timeout))
+                fired.append(wait_for_page(monitor, alertname, target, "firing", fault, args.timeout))
             finally:
                 repaired = time.time()
-                sh(target, f"systemctl start {unit}")
-            resolved.append(wait_for_page(monitor, target, "resolved", repaired, args.timeout))
-            print(f"trial {trial + 1}: fired {fired[-1]:.1f} s, resolved {resolved[-1]:.1f} s", flush=True)
+                repair()
+            resolved.append(wait_for_page(monitor, alertname, target, "resolved", repaired, args.timeout))
+            print(f"trial {trial + 1}: {alertname} fired {fired[-1]:.1f} s, resolved {resolved[-1]:.1f} s", flush=True)
             deadline = time.monotonic() + args.timeout
-            pending = f'ALERTS{{alertname="RedisDown", instance="{target}"}}'
+            pending = f'ALERTS{{alertname="{alertname}", instance="{target}"}}'
             while query(monitor, pending) and time.monotonic() < deadline:
                 time.sleep(2)
     finally:
-        sh(target, f"systemctl start {unit}", check=False)
+        repair()
         sh(monitor, f"systemctl stop {SINK_UNIT}", check=False)
 
     memory = {}
@@ -156,6 +202,8 @@ def main() -> int:
         rss = sh(monitor, f"ps -o rss= -C {process} || true").split()
         memory[process] = round(int(rss[0]) / 1024, 1) if rss else None
     report = {
+        "fault": args.fault,
+        "alert": alertname,
         "host": target,
         "settings": found,
         "fired_s": [round(x, 1) for x in fired],
