@@ -33,23 +33,13 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 SINK_PORT = 9099
 SINK_LOG = "/run/bench-webhook.jsonl"
 SINK_UNIT = "bench-webhook-sink"
-SINK = f"""
-import http.server, json, time
-class Sink(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with open({SINK_LOG!r}, "a") as log:
-            log.write(json.dumps({{"received": time.time(), "body": body}}) + "\\n")
-        self.send_response(200)
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer(("127.0.0.1", {SINK_PORT}), Sink).serve_forever()
-"""
+# The webhook receiver (one JSON line per notification), shared with the Molecule test.
+SINK = (Path(__file__).parent / "webhook-sink.py").read_text(encoding="utf-8")
 
 
 def sh(container: str, command: str, check: bool = True) -> str:
@@ -176,7 +166,7 @@ def main() -> int:
             admin("CONFIG", "SET", "masterauth", last=masterauth)
 
     sh(monitor, f"systemctl stop {SINK_UNIT} 2>/dev/null; rm -f {SINK_LOG}", check=False)
-    sh(monitor, f"systemd-run --unit={SINK_UNIT} --collect python3 -c {shlex.quote(SINK)}")
+    sh(monitor, f"systemd-run --unit={SINK_UNIT} --collect python3 -c {shlex.quote(SINK)} {SINK_PORT} {SINK_LOG}")
     fired, resolved = [], []
     try:
         for trial in range(args.trials):

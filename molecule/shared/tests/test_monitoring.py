@@ -35,19 +35,9 @@ SINK_LOG = "/run/molecule-webhook.jsonl"
 # Longest a fault may take to reach the webhook with the scenario's delays (measured: well under 30 s).
 PAGE_WITHIN = 60
 
-SINK = f"""
-import http.server, json, time
-class Sink(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with open({SINK_LOG!r}, "a") as log:
-            log.write(json.dumps({{"received": time.time(), "body": body}}) + "\\n")
-        self.send_response(200)
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer(("127.0.0.1", {SINK_PORT}), Sink).serve_forever()
-"""
+# The webhook receiver (one JSON line per notification), shared with scripts/bench-alerts.py.
+with open(os.path.join(PROJECT, "scripts", "webhook-sink.py"), encoding="utf-8") as _sink:
+    SINK = _sink.read()
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +49,8 @@ def redis_host():
 def sink(host):
     """The webhook receiver Alertmanager posts to (redis_monitoring_webhook_url of the scenario)."""
     host.run(f"rm -f {SINK_LOG}")
-    host.run_test(f"systemd-run --unit=molecule-webhook-sink --collect python3 -c {shlex.quote(SINK)}")
+    host.run_test(f"systemd-run --unit=molecule-webhook-sink --collect python3 -c {shlex.quote(SINK)} "
+                  f"{SINK_PORT} {SINK_LOG}")
     yield host
     host.run("systemctl stop molecule-webhook-sink.service")
 
@@ -180,29 +171,26 @@ def test_no_alert_fires_on_the_healthy_host(host):
         assert all(float(s["value"][1]) < 300 for s in uptime), (alert, uptime)
 
 
-def test_redis_down_pages_the_webhook_and_resolves(sink, redis_host):
-    unit = "redis-server@main.service"
+def page_and_resolve(sink, alertname, break_it, repair):
+    """Break something, wait for the webhook to get `alertname` firing for the Redis host, repair it, and
+    wait for the resolution; (fired, resolved) in seconds from the fault and from the repair."""
     fault = time.time()
-    redis_host.run_test(f"systemctl stop {unit}")
+    break_it()
     try:
-        fired = wait_for_page(sink, "RedisDown", "firing", fault)
+        fired = wait_for_page(sink, alertname, "firing", fault)
     finally:
         repaired = time.time()
-        redis_host.run_test(f"systemctl start {unit}")
-    resolved = wait_for_page(sink, "RedisDown", "resolved", repaired)
-    print(f"RedisDown: fired {fired:.1f} s after the stop, resolved {resolved:.1f} s after the start")
+        repair()
+    resolved = wait_for_page(sink, alertname, "resolved", repaired)
+    print(f"{alertname}: fired {fired:.1f} s after the fault, resolved {resolved:.1f} s after the repair")
+    return fired, resolved
 
 
-def test_health_checker_down_pages_the_webhook_and_resolves(sink, redis_host):
-    fault = time.time()
-    redis_host.run_test("systemctl stop redis-health.service")
-    try:
-        fired = wait_for_page(sink, "RedisHealthCheckerDown", "firing", fault)
-    finally:
-        repaired = time.time()
-        redis_host.run_test("systemctl start redis-health.service")
-    resolved = wait_for_page(sink, "RedisHealthCheckerDown", "resolved", repaired)
-    print(f"RedisHealthCheckerDown: fired {fired:.1f} s after the stop, resolved {resolved:.1f} s after the start")
+@pytest.mark.parametrize(("unit", "alertname"), [("redis-server@main.service", "RedisDown"),
+                                                 ("redis-health.service", "RedisHealthCheckerDown")])
+def test_a_stopped_service_pages_the_webhook_and_resolves(sink, redis_host, unit, alertname):
+    page_and_resolve(sink, alertname, lambda: redis_host.run_test(f"systemctl stop {unit}"),
+                     lambda: redis_host.run_test(f"systemctl start {unit}"))
 
 
 def admin(redis_host, *args):
@@ -219,15 +207,8 @@ def test_memory_above_80_percent_pages_the_webhook_and_resolves(sink, redis_host
     used = int(next(line.split(":")[1] for line in admin(redis_host, "INFO", "memory").splitlines()
                     if line.startswith("used_memory:")))
     # maxmemory just above what is used: about 90 % full, nothing evicted.
-    fault = time.time()
-    admin(redis_host, "CONFIG", "SET", "maxmemory", int(used / 0.9))
-    try:
-        fired = wait_for_page(sink, "RedisMemoryHigh", "firing", fault)
-    finally:
-        repaired = time.time()
-        admin(redis_host, "CONFIG", "SET", "maxmemory", maxmemory)
-    resolved = wait_for_page(sink, "RedisMemoryHigh", "resolved", repaired)
-    print(f"RedisMemoryHigh: fired {fired:.1f} s after maxmemory was lowered, resolved {resolved:.1f} s after")
+    page_and_resolve(sink, "RedisMemoryHigh", lambda: admin(redis_host, "CONFIG", "SET", "maxmemory", int(used / 0.9)),
+                     lambda: admin(redis_host, "CONFIG", "SET", "maxmemory", maxmemory))
 
 
 def test_stale_backup_pages_the_webhook_and_resolves(sink, redis_host):
@@ -242,15 +223,8 @@ def test_stale_backup_pages_the_webhook_and_resolves(sink, redis_host):
         "data['time'] = data['last_success'] = old\n"
         "open(path, 'w').write(json.dumps(data))\n"
     )
-    fault = time.time()
-    redis_host.run_test(f"python3 -c {shlex.quote(age)} {path}")
-    try:
-        fired = wait_for_page(sink, "RedisBackupStale", "firing", fault)
-    finally:
-        repaired = time.time()
-        redis_host.run_test(f"printf %s {shlex.quote(original)} > {path}")
-    resolved = wait_for_page(sink, "RedisBackupStale", "resolved", repaired)
-    print(f"RedisBackupStale: fired {fired:.1f} s after the status aged, resolved {resolved:.1f} s after")
+    page_and_resolve(sink, "RedisBackupStale", lambda: redis_host.run_test(f"python3 -c {shlex.quote(age)} {path}"),
+                     lambda: redis_host.run_test(f"printf %s {shlex.quote(original)} > {path}"))
 
 
 def test_slow_command_pages_the_webhook(sink, redis_host):
