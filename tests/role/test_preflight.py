@@ -46,6 +46,17 @@ CLUSTER = {"redis_server_cluster_group": "fast_cluster", "redis_server_replicati
            "redis_server_instances": [{"name": "a", "port": 7000}, {"name": "b", "port": 7001},
                                       {"name": "c", "port": 7002}]}
 
+# Health checkers the monitoring cases scrape: inventory hosts that only say where their checker listens
+# (what redis_health's tasks/endpoint.yml publishes).
+CHECKERS = {
+    "fast-checker": {"redis_health_endpoint": {"address": "10.0.0.7", "port": 9122, "scheme": "https",
+                                               "ca": "-----BEGIN CERTIFICATE-----", "users": ["prometheus"]},
+                     "redis_health_basic_auth_users": {"prometheus": "health" + LONG}},
+    "fast-loopback-checker": {"redis_health_endpoint": {"address": "127.0.0.1", "port": 9122, "scheme": "http",
+                                                        "ca": "", "users": []}},
+}
+MONITORING = {"redis_monitoring_targets": ["fast-checker"]}
+
 # (case, role, variable the message must name, variables, inventory the case runs against)
 REFUSED = [
     ("a cluster whose replicas would share their primary's host", "redis_server", "redis_server_cluster_replicas",
@@ -153,6 +164,17 @@ REFUSED = [
 REFUSED += [(name, "redis_server", variable, variables, PRODUCTION)
             for name, variable, variables in BAD_INPUT + DEBIAN12_ONLY]
 
+REFUSED += [
+    ("monitoring: an alert duration for an alert that does not exist", "redis_monitoring",
+     "redis_monitoring_alert_for", dict(MONITORING, redis_monitoring_alert_for={"RedisNoSuchAlert": "1m"}), {}),
+    ("monitoring: a retention size without its unit", "redis_monitoring", "redis_monitoring_retention_size",
+     dict(MONITORING, redis_monitoring_retention_size="2"), {}),
+    ("monitoring: a route to a receiver that does not exist", "redis_monitoring", "redis_monitoring_routes",
+     dict(MONITORING, redis_monitoring_routes=[{"receiver": "nobody"}]), {}),
+    ("monitoring: a target whose checker listens on loopback only", "redis_monitoring", "redis_health_listen_address",
+     {"redis_monitoring_targets": ["fast-loopback-checker"]}, {}),
+]
+
 # (case, role, variables, inventory): each must pass its role's preflight.
 ACCEPTED = [
     ("development defaults", "redis_server", {}, DEVELOPMENT),
@@ -196,10 +218,15 @@ ACCEPTED = [
     ("Sentinel with its own addresses and timings", "redis_sentinel",
      {"redis_sentinel_bind": ["127.0.0.1", "10.0.0.5"], "redis_sentinel_quorum": 1,
       "redis_sentinel_down_after_milliseconds": "3000"}, SENTINEL),
+    ("monitoring defaults against a checker over TLS with basic auth", "redis_monitoring", MONITORING, {}),
+    ("monitoring with alert durations, receivers and routes", "redis_monitoring",
+     dict(MONITORING, redis_monitoring_alert_for={"RedisDown": "2m"}, redis_monitoring_webhook_url="https://hooks.example/x",
+          redis_monitoring_receivers=[{"name": "mail", "email_configs": [{"to": "oncall@example.org"}]}],
+          redis_monitoring_routes=[{"receiver": "mail", "matchers": ['severity="critical"']}]), {}),
 ]
 
 
-ROLES = ("redis_server", "redis_health", "redis_backup", "redis_sentinel")
+ROLES = ("redis_server", "redis_health", "redis_backup", "redis_sentinel", "redis_monitoring")
 
 
 def role_play(role: str) -> dict:
@@ -253,7 +280,8 @@ def outcomes(tmp_path_factory) -> dict:
                                              " '__outcome'))) | to_json }}",
                                   "dest": str(saved), "mode": "0600"}}]})
     (tmp / "preflight.yml").write_text(json.dumps(plays))
-    (tmp / "inventory.yml").write_text(json.dumps({"all": {"children": groups, "hosts": {"localhost": local}}}))
+    (tmp / "inventory.yml").write_text(json.dumps({"all": {"children": groups, "hosts": {"localhost": local,
+                                                                                        **CHECKERS}}}))
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_ROLES_PATH=str(ROOT / "roles"))
     result = subprocess.run(
         [str(ANSIBLE_PLAYBOOK), "-i", str(tmp / "inventory.yml"), str(tmp / "preflight.yml")],
