@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import ssl
@@ -40,7 +41,7 @@ from .info import (
 )
 
 SLOWLOG_FETCH = 128          # entries fetched per cycle (Redis' default slowlog-max-len)
-BACKUP_STATUS_MAX_BYTES = 65536
+STATUS_FILE_MAX_BYTES = 65536   # the backup and maintenance status files
 TLS_PROBE_INTERVAL = 300.0   # seconds between two handshakes that read an instance's certificate
 TLS_PROBE_MIN_BUDGET = 0.05  # seconds of the timeout a handshake needs left, or it waits for the next cycle
 
@@ -79,6 +80,7 @@ class InstanceResult:
     ping_seconds: float | None = None
     roundtrip_seconds: float | None = None
     backup: dict | None = None       # {'age': s|None, 'success': bool|None, 'size': int|None, 'time': epoch|None}
+    maintenance: dict | None = None  # parse_maintenance_status()'s summary; None unless the file was read
     counters: dict[str, float] = field(default_factory=dict)   # checker's own cumulative counters
     replication_group: str | None = None
     timed_out: bool = False
@@ -421,13 +423,13 @@ def evaluate_tls_certificate(probe: TLSProbe, thresholds: Thresholds, now: float
     return CheckResult("tls_certificate", status, round(days, 2), threshold, reason, "d", details)
 
 
-def read_backup_status(path: str) -> dict:
-    """The backup status JSON (`time` ISO-8601 or epoch, `result` ok/failed, `file`, `size`, ...).
+def read_status_file(path: str) -> dict:
+    """A status file another tool writes (the backup tool's, the maintenance tool's): one JSON object.
     Raises FileNotFoundError, OSError or ValueError (with a readable message)."""
     with open(path, "rb") as handle:
-        raw = handle.read(BACKUP_STATUS_MAX_BYTES + 1)
-    if len(raw) > BACKUP_STATUS_MAX_BYTES:
-        raise ValueError(f"larger than {BACKUP_STATUS_MAX_BYTES} bytes")
+        raw = handle.read(STATUS_FILE_MAX_BYTES + 1)
+    if len(raw) > STATUS_FILE_MAX_BYTES:
+        raise ValueError(f"larger than {STATUS_FILE_MAX_BYTES} bytes")
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -467,7 +469,7 @@ def evaluate_backup(instance: InstanceConfig, thresholds: Thresholds, now: float
     threshold = {"degraded": degraded_age, "unhealthy": unhealthy_age}
     summary: dict = {"age": None, "success": None, "size": None, "time": None}
     try:
-        data = read_backup_status(path)
+        data = read_status_file(path)
     except FileNotFoundError:
         return CheckResult("backup", DEGRADED, None, threshold,
                            f"backup status file {path} is missing (no backup recorded yet?)", "s"), summary
@@ -509,6 +511,138 @@ def evaluate_backup(instance: InstanceConfig, thresholds: Thresholds, now: float
     if status != HEALTHY:
         reason = f"backup is stale: {reason}, at or above the {status} threshold {_duration(threshold[status])}"
     return CheckResult("backup", status, round(age, 1), threshold, reason, "s", details), summary
+
+
+# The maintenance tool's status file (redis_infra.maintenance), one per instance, rewritten after each run.
+MAINTENANCE_RESULTS = ("ok", "failed")
+MAINTENANCE_SECTION_STATES = ("ok", "warning", "failed", "skipped", "error")
+DRILL_RESULTS = ("ok", "failed", "skipped")
+
+
+class MalformedStatus(ValueError):
+    """A field of a status file breaks the file's contract; str(error) names the field."""
+
+
+def parse_maintenance_status(data: dict, instance: str) -> dict:
+    """The fields of a maintenance status file, checked against its contract, as the summary the metrics
+    are built from: time (epoch), result, success, sections, warnings, and drill_* (None when the drill
+    did not run, or only was skipped). Raises MalformedStatus naming the first bad field."""
+    for key in ("instance", "time", "result", "sections", "drill", "warnings"):
+        if key not in data:
+            raise MalformedStatus(f"field '{key}' is missing" + (" (null when the drill did not run)"
+                                                                  if key == "drill" else ""))
+    if data["instance"] != instance:
+        raise MalformedStatus(f"field 'instance' is {_shown(data['instance'])}, not \"{instance}\" "
+                              f"(the file of another instance?)")
+    when = _status_time(data["time"], "time")
+    result = data["result"]
+    if result not in MAINTENANCE_RESULTS:
+        raise MalformedStatus(f"field 'result' must be ok or failed, got {_shown(result)}")
+    sections = data["sections"]
+    if not isinstance(sections, dict):
+        raise MalformedStatus("field 'sections' must be an object of section name: state")
+    for name, state in sections.items():
+        if state not in MAINTENANCE_SECTION_STATES:
+            raise MalformedStatus(f"field 'sections.{name}' must be one of {', '.join(MAINTENANCE_SECTION_STATES)}, "
+                                  f"got {_shown(state)}")
+    warnings = data["warnings"]
+    if isinstance(warnings, bool) or not isinstance(warnings, int) or warnings < 0:
+        raise MalformedStatus(f"field 'warnings' must be a whole number, at least 0, got {_shown(warnings)}")
+    summary = {"time": when, "result": result, "success": result == "ok", "sections": sections,
+               "warnings": warnings, "drill_result": None, "drill_success": None, "drill_time": None,
+               "drill_duration": None, "drill_error": None, "drill_backup_id": None}
+    drill = data["drill"]
+    if drill is None:
+        return summary
+    if not isinstance(drill, dict):
+        raise MalformedStatus("field 'drill' must be an object, or null when the drill did not run")
+    if drill.get("result") not in DRILL_RESULTS:
+        raise MalformedStatus(f"field 'drill.result' must be one of {', '.join(DRILL_RESULTS)}, "
+                              f"got {_shown(drill.get('result'))}")
+    duration = drill.get("duration_seconds")
+    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int | float)
+                                 or not 0 <= duration < math.inf):
+        raise MalformedStatus(f"field 'drill.duration_seconds' must be a number of seconds, got {_shown(duration)}")
+    for key in ("error", "backup_id"):
+        if drill.get(key) is not None and not isinstance(drill[key], str):
+            raise MalformedStatus(f"field 'drill.{key}' must be a string or null, got {_shown(drill[key])}")
+    drill_time = _status_time(drill["time"], "drill.time") if drill.get("time") is not None else None
+    summary.update(drill_result=drill["result"], drill_error=drill.get("error"), drill_backup_id=drill.get("backup_id"))
+    if drill["result"] != "skipped":        # a skipped drill says nothing about the backups
+        summary.update(drill_success=drill["result"] == "ok", drill_time=drill_time,
+                       drill_duration=float(duration) if duration is not None else None)
+    return summary
+
+
+def _status_time(value, key: str) -> float:
+    try:
+        moment = parse_time(value)
+        datetime.fromtimestamp(moment, UTC)     # NaN or the year 10000 is no time to report or export
+    except (TypeError, ValueError, OverflowError, OSError):
+        raise MalformedStatus(f"field '{key}' is not ISO-8601 (or epoch seconds), got {_shown(value)}") from None
+    return moment
+
+
+def _shown(value) -> str:
+    """A value from a status file, as JSON, cut short for a one-line reason."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def evaluate_maintenance(instance: InstanceConfig, thresholds: Thresholds, now: float
+                         ) -> tuple[CheckResult, dict | None]:
+    """The last run of the maintenance tool: degraded when it failed (a failed backup drill included),
+    when its status file cannot be read, or when it is older than the maximum age; never unhealthy, since
+    the instance serves as well without it. No run recorded yet is healthy (the first weekly run may be
+    days away). The summary (for the metrics) is None unless the file was read and follows its contract."""
+    path = instance.maintenance_status_file
+    max_age = instance.max_maintenance_age or thresholds.maintenance_age_degraded_seconds
+    threshold = {"degraded": max_age}
+    try:
+        data = read_status_file(path)
+    except FileNotFoundError:
+        return CheckResult("maintenance", HEALTHY, None, threshold,
+                           f"no maintenance run recorded yet ({path} does not exist)", "s"), None
+    except (OSError, ValueError) as exc:
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return CheckResult("maintenance", DEGRADED, None, threshold,
+                           f"cannot read maintenance status file {path}: {text}", "s"), None
+    try:
+        summary = parse_maintenance_status(data, instance.name)
+    except MalformedStatus as exc:
+        return CheckResult("maintenance", DEGRADED, None, threshold,
+                           f"maintenance status file {path}: {exc}", "s"), None
+    when = summary["time"]
+    age = max(now - when, 0.0)
+    details = {key: data[key] for key in ("time", "result", "sections", "warnings", "drill")}
+    stale = age >= max_age
+    drill_failed = summary["drill_result"] == "failed"
+    if summary["result"] == "failed" or drill_failed:
+        failed = [name if state == "failed" else f"{name} ({state})"
+                  for name, state in summary["sections"].items() if state in ("failed", "error")]
+        parts = [f"failed sections: {', '.join(failed)}" if failed else "no section is marked failed"]
+        if drill_failed:
+            backup = f" of {summary['drill_backup_id']}" if summary["drill_backup_id"] else ""
+            error = " ".join((summary["drill_error"] or "no error recorded").split())
+            error = error if len(error) <= 300 else error[:297] + "..."
+            parts.append(f"backup drill{backup} failed: {error}")
+        reason = f"last maintenance run at {_iso(when)} failed: {'; '.join(parts)}"
+        if stale:
+            reason += f"; maintenance is stale: last run {_duration(age)} ago"
+        return CheckResult("maintenance", DEGRADED, round(age, 1), threshold, reason, "s", details), summary
+    if stale:
+        return CheckResult("maintenance", DEGRADED, round(age, 1), threshold,
+                           f"maintenance is stale: last run {_duration(age)} ago ({_iso(when)}), at or above "
+                           f"the degraded threshold {_duration(max_age)}", "s", details), summary
+    warnings = summary["warnings"]
+    reason = (f"last maintenance run {_duration(age)} ago ({_iso(when)}) ok, "
+              f"{warnings} warning{'' if warnings == 1 else 's'}")
+    if summary["drill_result"] == "ok":
+        backup = f" ({summary['drill_backup_id']})" if summary["drill_backup_id"] else ""
+        reason += f"; backup drill{backup} ok"
+    elif summary["drill_result"] == "skipped":
+        reason += "; backup drill skipped"
+    return CheckResult("maintenance", HEALTHY, round(age, 1), threshold, reason, "s", details), summary
 
 
 def _duration(seconds: float | None) -> str:
@@ -655,6 +789,16 @@ class InstanceChecker:
             return None, None
         return evaluate_backup(self.instance, self.config.thresholds, now)
 
+    def maintenance_check(self, now: float) -> tuple[CheckResult | None, dict | None]:
+        if not self.instance.maintenance_status_file:
+            return None, None
+        try:
+            return evaluate_maintenance(self.instance, self.config.thresholds, now)
+        except Exception as exc:  # whatever the file holds, it must not make the whole check unhealthy
+            return CheckResult("maintenance", DEGRADED, None, None,
+                               f"maintenance status file {self.instance.maintenance_status_file}: internal error: "
+                               f"{type(exc).__name__}: {exc}", "s"), None
+
     def timed_out_result(self, started_wall: float, waited: float) -> InstanceResult:
         """The result published when a check did not finish in time (the server hangs)."""
         checks = [CheckResult("connection", "unhealthy", None, {"timeout_seconds": self.config.timeout},
@@ -667,8 +811,11 @@ class InstanceChecker:
         backup, summary = self.backup_check(now)
         if backup:
             checks.append(backup)
+        maintenance, maintenance_summary = self.maintenance_check(now)
+        if maintenance:
+            checks.append(maintenance)
         result = InstanceResult(name=self.instance.name, address="", checks=checks, time=started_wall,
-                                duration=waited, up=False, backup=summary,
+                                duration=waited, up=False, backup=summary, maintenance=maintenance_summary,
                                 counters=dict(self.state.counters), replication_group=self.instance.replication_group,
                                 timed_out=True, tls_certificate_expiry=probe.not_after if probe else None)
         return result
@@ -686,6 +833,7 @@ class InstanceChecker:
         conn_threshold = {"timeout_seconds": timeout}
         checks: list[CheckResult] = []
         backup, backup_summary = self.backup_check(now)
+        maintenance, maintenance_summary = self.maintenance_check(now)
 
         def finish(up: bool, **extra) -> InstanceResult:
             # the certificate's last known end, also while the server does not answer
@@ -695,7 +843,10 @@ class InstanceChecker:
                 checks.append(tls)
             if backup:
                 checks.append(backup)
+            if maintenance:
+                checks.append(maintenance)
             return self._result(checks, started, now, address, up, backup=backup_summary,
+                                maintenance=maintenance_summary,
                                 tls_certificate_expiry=probe.not_after if probe else None, **extra)
 
         address = ""

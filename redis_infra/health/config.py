@@ -26,6 +26,8 @@ one-line message that names the file and the key; the CLI prints it and exits wi
     connection_file = "/etc/redis-infra/connections/main-monitor.toml"
     backup_status_file = "/var/lib/redis-infra/backup/main/status.json"   # optional
     max_backup_age = 93600                                                # optional, seconds
+    maintenance_status_file = "/var/lib/redis-infra/maintenance/main.json"   # optional
+    max_maintenance_age = 691200                                          # optional, seconds
     replication_group = "main"                                            # optional
     expected_replicas = 1                                                 # optional
 """
@@ -59,6 +61,9 @@ THRESHOLD_DEFAULTS: dict[str, float] = {
     "replication_lag_unhealthy_seconds": 120.0,
     "backup_age_degraded_seconds": 93600.0,     # 26 h
     "backup_age_unhealthy_seconds": 180000.0,   # 50 h
+    # Maintenance runs weekly: a week and a day. Never unhealthy: a missed or failed maintenance run does
+    # not make the instance unfit to serve.
+    "maintenance_age_degraded_seconds": 691200.0,   # 8 d
     "last_save_degraded_seconds": 0.0,      # time since last RDB save with unsaved changes; 0 = off
     "rejected_connections_degraded": 1.0,   # rejected connections since the last check; 0 = off
     "evicted_keys_degraded": 1.0,           # evicted keys since the last check; 0 = off
@@ -100,6 +105,8 @@ class InstanceConfig:
     max_backup_age: float | None = None
     replication_group: str | None = None
     expected_replicas: int | None = None
+    maintenance_status_file: str | None = None
+    max_maintenance_age: float | None = None
 
 
 @dataclass(frozen=True)
@@ -222,7 +229,7 @@ def _fmt(value: float) -> str:
 _TOP_KEYS = ("listen_address", "listen_port", "interval", "timeout", "http_max_connections",
              "http_request_timeout", "web_config_file", "log_level", "thresholds", "webhook", "instances")
 _INSTANCE_KEYS = ("name", "connection_file", "backup_status_file", "max_backup_age", "replication_group",
-                  "expected_replicas")
+                  "expected_replicas", "maintenance_status_file", "max_maintenance_age")
 _WEBHOOK_KEYS = ("url", "timeout", "retries", "backoff", "queue_size")
 
 
@@ -350,5 +357,7 @@ def _instances(source: str, value) -> tuple[InstanceConfig, ...]:
             max_backup_age=reader.number("max_backup_age", None, positive=True),
             replication_group=group,
             expected_replicas=reader.integer("expected_replicas", None, minimum=0, maximum=1000),
+            maintenance_status_file=reader.string("maintenance_status_file"),
+            max_maintenance_age=reader.number("max_maintenance_age", None, positive=True),
         ))
     return tuple(result)

@@ -202,6 +202,22 @@ def _instance_families(out: _Families, result) -> None:
                       1 if backup["success"] else 0)
         out.gauge("redis_infra_backup_size_bytes", "Size of the last backup", base, backup.get("size"))
         out.gauge("redis_infra_backup_timestamp_seconds", "Time of the last backup attempt", base, backup.get("time"))
+    if result.maintenance is not None:      # the maintenance status file exists and follows its contract
+        maintenance = result.maintenance
+        out.gauge("redis_infra_maintenance_timestamp_seconds", "End of the last maintenance run", base,
+                  maintenance["time"])
+        out.gauge("redis_infra_maintenance_success", "Whether the last maintenance run succeeded", base,
+                  1 if maintenance["success"] else 0)
+        out.gauge("redis_infra_maintenance_warnings", "Warnings in the report of the last maintenance run", base,
+                  maintenance["warnings"])
+        if maintenance["drill_success"] is not None:     # the drill ran (not skipped, not left out)
+            out.gauge("redis_infra_backup_drill_success",
+                      "Whether the last restore drill restored the backup into a scratch server", base,
+                      1 if maintenance["drill_success"] else 0)
+            out.gauge("redis_infra_backup_drill_timestamp_seconds", "Time of the last restore drill", base,
+                      maintenance["drill_time"])
+            out.gauge("redis_infra_backup_drill_duration_seconds", "Duration of the last restore drill", base,
+                      maintenance["drill_duration"])
     # like blackbox_exporter's probe_ssl_earliest_cert_expiry; only for instances with tls = true
     out.gauge("redis_infra_tls_certificate_expiry_timestamp_seconds",
               "When the certificate served on the instance's TLS port expires (notAfter, epoch seconds), as read "

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,8 @@ def test_dashboard_is_valid_grafana_json():
 @pytest.fixture
 def scrape(make_instance, make_tls_instance, health_config, tmp_path):
     """/metrics of a checker watching a primary and its replica (same replication group), each with a
-    backup status file, after a slow query and a few keys; and an instance that serves only TLS."""
+    backup and a maintenance status file, after a slow query and a few keys; and an instance that serves
+    only TLS."""
     primary = make_instance(name="primary", extra="repl-diskless-sync-delay 0\nenable-debug-command yes\n"
                                                   "maxmemory 64mb\nappendonly yes\n")
     replica = make_instance(name="replica", extra=f"replicaof 127.0.0.1 {primary.port}\n")
@@ -141,6 +143,17 @@ def scrape(make_instance, make_tls_instance, health_config, tmp_path):
     ok.write_text(json.dumps({"time": time.time() - 60, "result": "ok", "file": "/backups/primary.rdb", "size": 42}))
     failed = tmp_path / "replica-backup.json"
     failed.write_text(json.dumps({"time": time.time() - 60, "result": "failed", "error": "disk full"}))
+    # the maintenance tool's status files: a run that passed, and one whose restore drill failed
+    ended = datetime.now(UTC) - timedelta(hours=1)
+    maintenance = {}
+    for name, result in (("primary", "ok"), ("replica", "failed")):
+        maintenance[name] = tmp_path / f"{name}-maintenance.json"
+        maintenance[name].write_text(json.dumps({
+            "instance": name, "time": ended.isoformat(), "result": result,
+            "sections": {"slowlog": "ok", "memory": "ok", "latency": "ok", "keys": "skipped", "drill": result},
+            "drill": {"result": result, "time": ended.isoformat(), "backup_id": f"{name}-20261205T020000Z",
+                      "duration_seconds": 3.2, "error": None if result == "ok" else "restored 0 keys"},
+            "warnings": 0}))
     # A Redis Cluster node that serves every slot by itself: the cluster series.
     node = make_instance(name="node", extra="cluster-enabled yes\ncluster-config-file nodes.conf\n",
                          port=cluster_port())
@@ -150,9 +163,9 @@ def scrape(make_instance, make_tls_instance, health_config, tmp_path):
         time.sleep(0.05)
     config, _ = health_config([
         {"name": "primary", "connection_file": str(primary.conn_file), "backup_status_file": str(ok),
-         "replication_group": "main"},
+         "maintenance_status_file": str(maintenance["primary"]), "replication_group": "main"},
         {"name": "replica", "connection_file": str(replica.conn_file), "backup_status_file": str(failed),
-         "replication_group": "main"},
+         "maintenance_status_file": str(maintenance["replica"]), "replication_group": "main"},
         make_tls_instance(name="secure"),
         node,
     ])
@@ -217,6 +230,9 @@ def test_scrape_has_exporter_compatible_series(scrape):
     assert one("redis_infra_backup_success", redis_instance="replica")["__value__"] == 0
     assert 50 < one("redis_infra_backup_age_seconds", redis_instance="primary")["__value__"] < 120
     assert one("redis_infra_health_status", redis_instance="replica", check="backup")["__value__"] == 1
+    assert one("redis_infra_maintenance_success", redis_instance="primary")["__value__"] == 1
+    assert one("redis_infra_backup_drill_success", redis_instance="replica")["__value__"] == 0
+    assert one("redis_infra_health_status", redis_instance="replica", check="maintenance")["__value__"] == 1
     assert one("redis_infra_health_status", redis_instance="secure", check="tls_certificate")["__value__"] == 0
     assert one("redis_infra_tls_certificate_expiry_timestamp_seconds", redis_instance="secure")["__value__"] > \
         time.time() + 21 * 86400
