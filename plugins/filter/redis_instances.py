@@ -61,6 +61,8 @@ def redis_server_instances(instances, settings, engine, context):
             expected_replicas=int(context.get("expected_replicas", 0)) if context.get("replication_group") else None,
             # Written by the backup tool, read by the health checker.
             backup_status_file=f"{context['backup_status_dir']}/{name}.json",
+            # Written by the maintenance routine (redis-infra-maintenance), read by the health checker.
+            maintenance_status_file=f"{context['maintenance_status_dir']}/{name}.json",
             dir=f"{engine['data_root']}/{name}",
             log_file=engine["log_file"].format(name=name),
             run_dir=run_dir,
@@ -70,6 +72,7 @@ def redis_server_instances(instances, settings, engine, context):
             # The engine's account and tools, as the other roles need them (the backup tool, restores).
             user=engine["user"],
             group=engine["group"],
+            server=engine["server"],
             cli=engine["cli"],
             check_rdb=engine["check_rdb"],
             check_aof=engine["check_aof"],

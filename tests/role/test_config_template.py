@@ -123,6 +123,7 @@ def expected_settings(instance: dict) -> dict:
         "io-threads": str(instance["io_threads"]),
         "protected-mode": "yes" if instance["protected_mode"] else "no",
         "slowlog-max-len": str(instance["slowlog_max_len"]),
+        "latency-monitor-threshold": str(instance["latency_monitor_threshold"]),
         "daemonize": "no",
     }
 

@@ -38,6 +38,7 @@ DISTINCT = {
     "loglevel": ("warning", "warning"),
     "slowlog_log_slower_than": (4321, "4321"),
     "slowlog_max_len": (99, "99"),
+    "latency_monitor_threshold": (77, "77"),
 }
 
 
