@@ -94,7 +94,6 @@ class ScratchServer:
 
     def client(self, decode: bool = True, timeout: float = 60.0, db: int = 0):
         import redis
-
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 

@@ -55,7 +55,8 @@ def slowlog(client, cfg: MaintenanceConfig) -> dict:
     top = sorted(rows, key=lambda row: -row["duration_us"])[:cfg.slowlog_top]
     findings = [f"{len(slow)} entr{'y' if len(slow) == 1 else 'ies'} at or above {cfg.slow_ms:g} ms, the slowest "
                 f"{top[0]['command']} at {top[0]['duration_us'] / 1000:.1f} ms"] if slow else []
-    summary = (f"{len(rows)} entries in the slow log, {len(slow)} at or above {cfg.slow_ms:g} ms"
+    summary = (f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'} in the slow log, {len(slow)} at or above "
+               f"{cfg.slow_ms:g} ms"
                if rows else "the slow log is empty")
     return section(WARNING if slow else OK, summary, findings, entries=len(rows), slow_entries=len(slow),
                    threshold_ms=cfg.slow_ms, top=top,
