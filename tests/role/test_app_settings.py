@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -148,6 +149,7 @@ def lab(tmp_path_factory, tls_files):
     try:
         solo = processes.start(USERS)
         primary = processes.start(USERS)
+        replica = processes.start(USERS + f"replicaof 127.0.0.1 {primary.port}\nmasterauth \"{DEFAULT_PASSWORD}\"\n")
         sentinels = [processes.start(f"requirepass {SENTINEL_PASSWORD}\n"
                                      f"sentinel monitor main 127.0.0.1 {primary.port} 1\n"
                                      "sentinel auth-user main sentinel\n"
@@ -171,7 +173,7 @@ def lab(tmp_path_factory, tls_files):
                     "solo": host(redis_server_instances=[{"name": "main", "port": solo.port}]),
                     "p1": host(redis_server_instances=[{"name": "main", "port": primary.port}],
                                redis_sentinel_port=sentinels[0].port, **sentinel_settings),
-                    "r1": host(redis_server_instances=[{"name": "main", "port": free_port()}],
+                    "r1": host(redis_server_instances=[{"name": "main", "port": replica.port}],
                                redis_sentinel_port=sentinels[1].port, **sentinel_settings),
                     "c1": host(redis_server_instances=[{"name": n, "port": node.port} for n, node in zip("abc", nodes,
                                                                                                           strict=True)],
@@ -191,21 +193,21 @@ def lab(tmp_path_factory, tls_files):
         apps = [
             {"name": "web", "server": "solo"},
             {"name": "shop", "user": "shop", "db": 3, "server": "solo", "host": "app1", "owner": "nobody",
-             "group": "nogroup", "dest": str(app_dir / "shop.env")},
+             "group": "nogroup", "dest": str(app_dir / "shop.env"), "verify_prefix": "shop:verify:"},
             {"name": "ha", "server": "p1", "instance": "main"},
-            {"name": "sharded", "server": "c1", "user": "shop"},
+            {"name": "sharded", "server": "c1", "user": "shop", "verify_prefix": "shop:verify:"},
             {"name": "secure", "server": "t1"},
         ]
         settings = {"redis_app_settings_apps": apps, "redis_app_settings_controller_dir": str(controller),
                     "redis_app_settings_tls_ca_file": str(tls_files.ca_file)}
 
-        def run(extra: dict, *args: str) -> Run:
+        def run(extra: dict, *args: str, playbook: str = "app_settings.yml") -> Run:
             extra_file = base / "extra.json"
             extra_file.write_text(json.dumps(dict(settings, **extra)))
             env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
             return Run(subprocess.run(
                 [str(ANSIBLE_PLAYBOOK), "-i", str(base / "inventory.yml"), "-e", f"@{extra_file}", *args,
-                 str(ROOT / "playbooks/app_settings.yml")],
+                 str(ROOT / "playbooks" / playbook)],
                 capture_output=True, text=True, cwd=ROOT, env=env, timeout=120, check=False, stdin=subprocess.DEVNULL))
 
         runs = {"check_first": run({}, "--check", "--diff")}
@@ -222,7 +224,14 @@ def lab(tmp_path_factory, tls_files):
                                     "redis_app_settings_apps": [{"name": "fine", "server": "solo"},
                                                                 {"name": "bad", "server": "solo", "user": "admin"}]})
         runs["refused_dir"] = bad_controller
-        yield {"runs": runs, "controller": controller, "app_dir": app_dir, "primary": primary, "tls": tls_files}
+        # playbooks/verify.yml on the controller's env files (app1 is this machine: its app is left out), each
+        # topology passing.
+        verify = {"redis_app_settings_verify_apps": ["web", "ha", "sharded", "secure"],
+                  "redis_app_settings_verify_max_p99_ms": 500, "redis_app_settings_verify_min_ops_per_second": 100}
+        # --limit: app1 is this machine, where the play that installs the tools on application hosts must not run.
+        runs["verify"] = run(verify, "-v", "--limit", "!app1", playbook="verify.yml")
+        yield {"runs": runs, "controller": controller, "app_dir": app_dir, "primary": primary, "tls": tls_files,
+               "solo": solo, "run": run, "verify": verify}
     finally:
         processes.stop()
 
@@ -339,3 +348,55 @@ def test_an_unknown_user_is_refused_before_anything_is_written(lab):
     assert refused.rc != 0
     assert "redis_app_settings_apps[bad].user=admin" in refused.output, refused.output
     assert not lab["runs"]["refused_dir"].exists()
+
+
+def test_verify_playbook_passes_every_check_of_each_topology(lab):
+    verify = lab["runs"]["verify"]
+    assert verify.rc == 0, verify.output
+    for secret in SECRETS:
+        assert secret not in verify.output
+    for app, topology_check in (("web", "SKIPPED readiness: standalone"),
+                                ("ha", "OK      readiness: 2 Sentinels agree"),
+                                ("sharded", "OK      readiness: cluster_state ok, 16384/16384 slots"),
+                                ("secure", "OK      connection: standalone")):
+        lines = re.findall(rf"{app}: \[(.*?)\]", verify.output, re.S)
+        assert lines, verify.output
+        text = lines[0]
+        for check in ("connection", "basic", "advanced", "uses", "performance"):
+            assert f"OK      {check}:" in text, (app, text)
+        assert topology_check in text, (app, text)
+        assert "FAILED" not in text, (app, text)
+    assert "cache, sessions, rate limit, pub/sub, locks, queues" in verify.output
+    assert "with 1 replica(s) up" in verify.output
+    # Only the test's own keys, and none left behind.
+    client = redis.from_url(_env(lab, "web")["REDIS_URL"], socket_timeout=2)
+    assert list(client.scan_iter("*verify*")) == []
+
+
+def test_verify_fails_a_threshold_naming_it(lab):
+    web = str(lab["controller"] / "web.env")
+    result = subprocess.run([sys.executable, "-m", "redis_infra.verify", "--env-file", web,
+                             "--checks", "connection,performance", "--min-ops-per-second", "1e9"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert result.returncode == 1
+    assert re.search(r"^FAILED  performance: .*pipelined SETs at \d+/s \(at least 1e\+09\)", result.stderr, re.M), \
+        result.stderr
+    assert "OK      connection" in result.stderr
+
+
+def test_verify_fails_naming_the_check_on_a_wrong_password_and_a_server_down(lab, tmp_path):
+    web = lab["controller"] / "web.env"
+    wrong = tmp_path / "wrong.env"
+    wrong.write_text(web.read_text().replace(DEFAULT_PASSWORD, "not-the-password")
+                     .replace(quote(DEFAULT_PASSWORD, safe=""), "not-the-password"))
+    command = [sys.executable, "-m", "redis_infra.verify", "--env-file"]
+    result = subprocess.run([*command, str(wrong)], capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert result.returncode == 1
+    assert re.search(r"^FAILED  connection: .*(WRONGPASS|AuthenticationError|invalid)", result.stderr, re.M), \
+        result.stderr
+    assert "not-the-password" not in result.stderr
+    lab["solo"].stop()
+    down = lab["run"](dict(lab["verify"], redis_app_settings_verify_apps=["web"]), "--limit", "!app1",
+                      playbook="verify.yml")
+    assert down.rc != 0
+    assert re.search(r"web: FAILED  connection: ConnectionError", down.output), down.output
