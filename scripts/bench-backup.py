@@ -133,6 +133,12 @@ class LatencyProbe:
         return {"ops": len(data), "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": data[-1] * 1000}
 
 
+def paths(data_dir: Path) -> str:
+    """The server's paths in the tool's config, as the role writes them: the backup user has no CONFIG GET."""
+    return (f'data_dir = "{data_dir}"\ndbfilename = "dump.rdb"\nappenddirname = "appendonlydir"\n'
+            'appendfilename = "appendonly.aof"\n')
+
+
 def tool(*args: str, config: Path) -> tuple[float, subprocess.CompletedProcess]:
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "redis_infra.backup", *args, "--config", str(config)], cwd=REPO,
@@ -182,7 +188,7 @@ def main() -> int:
         config = root / "backup.toml"
         config.write_text(f'instance = "bench"\nconnection_file = "{conn}"\nbackup_dir = "{backups}"\n'
                           f'status_file = "{root / "status.json"}"\nlock_file = "{root / "backup.lock"}"\n'
-                          f"[compression]\nlevel = {args.compression_level}\n")
+                          + paths(root / "source") + f"[compression]\nlevel = {args.compression_level}\n")
 
         # latency without a backup (after a short warm-up that is not counted)
         LatencyProbe(source.port, keys, max_ops=200_000, max_seconds=1.0).run()

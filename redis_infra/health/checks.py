@@ -529,8 +529,8 @@ def parse_maintenance_status(data: dict, instance: str) -> dict:
     did not run, or only was skipped). Raises MalformedStatus naming the first bad field."""
     for key in ("instance", "time", "result", "sections", "drill", "warnings"):
         if key not in data:
-            raise MalformedStatus(f"field '{key}' is missing" + (" (null when the drill did not run)"
-                                                                  if key == "drill" else ""))
+            hint = " (null when the drill did not run)" if key == "drill" else ""
+            raise MalformedStatus(f"field '{key}' is missing{hint}")
     if data["instance"] != instance:
         raise MalformedStatus(f"field 'instance' is {_shown(data['instance'])}, not \"{instance}\" "
                               f"(the file of another instance?)")

@@ -20,12 +20,20 @@ def run(cfg: MaintenanceConfig, wanted: list[str], settings, clock=lambda: datet
     section naming the exception, and the others still run."""
     from . import drill, sections
 
+    cluster_node = []
+
     def connect(db: int = 0, decode: bool = False):
-        return settings.client(timeout=60.0, decode_responses=decode, db=db)
+        # On a cluster node every connection (pipelines' too) says READONLY first: a replica of a cluster serves
+        # reads only after it, and answers MOVED before.
+        return settings.client(timeout=60.0, decode_responses=decode, db=db,
+                               redis_connect_func=_readonly_on_connect if cluster_node else None)
 
     started = clock()
     text = connect(decode=True)
     text.ping()     # a server that is down ends the run here, in one line (cli.py), with nothing written
+    if str(text.info("cluster").get("cluster_enabled", 0)) == "1":
+        cluster_node.append(True)
+        text = connect(decode=True)
     server_binary = None
     report = {"instance": cfg.instance, "host": socket.getfqdn(), "started": started.isoformat(timespec="seconds"),
               "sections": {}}
@@ -58,6 +66,14 @@ def run(cfg: MaintenanceConfig, wanted: list[str], settings, clock=lambda: datet
     report["warnings"] = sum(len(section.get("findings", [])) for section in report["sections"].values()
                              if section["status"] == WARNING)
     return report
+
+
+def _readonly_on_connect(connection) -> None:
+    connection.on_connect()
+    connection.send_command("READONLY")
+    answer = connection.read_response()
+    if answer not in (b"OK", "OK"):
+        raise ConnectionError(f"READONLY answered {answer!r}")
 
 
 def _server_or_none(cfg: MaintenanceConfig) -> str | None:

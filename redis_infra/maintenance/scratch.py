@@ -133,5 +133,5 @@ def probe_active_defrag(binary: str, parent: str | None = None, user: str = "") 
         try:
             scratch.client().config_set("activedefrag", "yes")
         except redis.ResponseError as exc:
-            return False, str(exc).split(" - ")[-1]
+            return False, str(exc).rsplit(" - ", maxsplit=1)[-1]
         return True, "CONFIG SET activedefrag yes accepted"

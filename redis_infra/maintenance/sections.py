@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from . import OK, SKIPPED, WARNING
+from . import ERROR, OK, SKIPPED, WARNING
 from .config import MaintenanceConfig
 from .scratch import probe_active_defrag
 
@@ -66,7 +66,7 @@ def slowlog(client, cfg: MaintenanceConfig) -> dict:
 def _accepts_all(client) -> bool:
     """SLOWLOG GET -1 (every entry) exists since Redis 7.0 and in Valkey."""
     version = str(client.info("server").get("redis_version", "0"))
-    return int(version.split(".")[0]) >= 7
+    return int(version.split(".", maxsplit=1)[0]) >= 7
 
 
 def memory(client, cfg: MaintenanceConfig, server_binary: str | None, scratch_parent: str | None) -> dict:
@@ -149,6 +149,7 @@ def keys(connect, cfg: MaintenanceConfig, sleep=time.sleep) -> dict:
     total = sum(int(value.get("keys", 0)) for value in keyspace.values() if isinstance(value, dict))
     prefixes: dict[str, dict] = {}
     big: list[dict] = []
+    errors: list[str] = []
     sampled, started = 0, time.monotonic()
     for db in dbs:
         conn = client if db == 0 else connect(db)
@@ -165,6 +166,10 @@ def keys(connect, cfg: MaintenanceConfig, sleep=time.sleep) -> dict:
                 answers = pipe.execute(raise_on_error=False)
                 for index, name in enumerate(names):
                     kind, pttl, usage = answers[3 * index:3 * index + 3]
+                    failed = next((answer for answer in (kind, pttl) if isinstance(answer, Exception)), None)
+                    if failed is not None:
+                        errors.append(f"{type(failed).__name__}: {failed}")
+                        continue
                     _count(prefixes, big, cfg, as_text(name), db, as_text(kind), pttl, usage)
                 sampled += len(names)
             if cursor == 0:
@@ -172,6 +177,11 @@ def keys(connect, cfg: MaintenanceConfig, sleep=time.sleep) -> dict:
             sleep(cfg.keys.pause_ms / 1000.0)
     rows, findings = _prefix_rows(prefixes, cfg)
     top = sorted(big, key=lambda row: -row["bytes"])[:cfg.keys.big_keys]
+    if errors and len(errors) >= sampled:
+        return section(ERROR, f"every key read failed, e.g. {errors[0]}", [f"the key reads failed: {errors[0]}"],
+                       role=role, keys_total=total, keys_sampled=0)
+    if errors:
+        findings.append(f"{len(errors)} of {sampled} key reads failed, e.g. {errors[0]}")
     summary = (f"{sampled} of {total} keys sampled on the {'replica' if role != 'master' else 'primary'} "
                f"in {time.monotonic() - started:.1f}s, {len(rows)} prefixes")
     return section(WARNING if findings else OK, summary, findings, role=role, keys_total=total,
@@ -179,7 +189,7 @@ def keys(connect, cfg: MaintenanceConfig, sleep=time.sleep) -> dict:
 
 
 def _count(prefixes: dict, big: list, cfg: MaintenanceConfig, name: str, db: int, kind: str, pttl, usage) -> None:
-    if isinstance(pttl, Exception) or pttl == -2:    # gone between SCAN and PTTL
+    if pttl == -2:    # gone between SCAN and PTTL
         return
     size = usage if isinstance(usage, int) else 0
     prefix = prefix_of(name)

@@ -112,7 +112,7 @@ def uses(ctx: Context):
     done.append("sessions")
     script = ("local n = redis.call('INCR', KEYS[1]) if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end "
               "return n")
-    assert [client.eval(script, 1, limit, 900) for _ in range(3)] == [1, 2, 3], "rate limit"
+    assert [client.eval(script, 1, limit, 900) for _attempt in range(3)] == [1, 2, 3], "rate limit"
     done.append("rate limit")
     _pubsub(ctx)
     done.append("pub/sub")
@@ -153,7 +153,7 @@ def performance(ctx: Context):
     key = ctx.key("perf")
     client.set(key, "x")
     latencies = []
-    for _ in range(ctx.operations):
+    for _sample in range(ctx.operations):
         started = time.perf_counter()
         client.get(key)
         latencies.append(1000 * (time.perf_counter() - started))

@@ -134,8 +134,8 @@ def make_env(redis_factory, tmp_path):
     if not (CHECK_RDB and CHECK_AOF):
         pytest.skip("redis-check-rdb / redis-check-aof are not installed")
 
-    def make(extra: str = "", backup_dir: Path | None = None, tls=None) -> BackupEnv:
-        port = free_port()
+    def make(extra: str = "", backup_dir: Path | None = None, tls=None, port: int | None = None) -> BackupEnv:
+        port = port or free_port()
         if tls:
             extra = tls.server_config(port) + extra
         server = redis_factory(f"user backup on >{PASSWORD} {REQUIRED_ACL}\n" + extra, port=port)

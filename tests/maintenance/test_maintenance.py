@@ -24,6 +24,7 @@ from redis_infra.connection import load as load_connection
 from redis_infra.maintenance import config as maintenance_config
 from redis_infra.maintenance import drill as drill_module
 from tests.backup.conftest import fill
+from tests.conftest import cluster_port
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "Maint-admin-s3cret-0815"
@@ -83,7 +84,7 @@ class Maint:
 
 def seed(client: redis.Redis) -> None:
     """Keys of the guide's namespaces, with and without the TTLs it asks for."""
-    pipe = client.pipeline()
+    pipe = client.pipeline(transaction=False)
     for i in range(50):
         pipe.set(f"cache:ai:{i}", "x" * 100, ex=3600)
     for i in range(30):
@@ -281,3 +282,40 @@ def test_bad_config_and_a_server_down_are_one_line_and_exit_2(make_env, scratch_
     proc = maint.cli()
     assert proc.returncode == 2 and "ConnectionError" in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert not maint.status_file.exists()
+
+
+def test_a_cluster_replica_is_sampled_and_drilled_with_readonly(make_env, redis_factory, scratch_dir):
+    """A replica of a Redis Cluster answers reads only after READONLY (else MOVED): the key sampling and the
+    drill's comparison read it so."""
+    cluster = ADMIN + "cluster-enabled yes\ncluster-config-file nodes.conf\nrepl-diskless-sync-delay 0\n"
+    env = make_env(cluster, port=cluster_port())
+    primary = redis.Redis(port=env.server.port, username="admin", password=ADMIN_PASSWORD, decode_responses=True)
+    primary.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+    node = redis_factory(cluster + f"masteruser admin\nmasterauth {ADMIN_PASSWORD}\n", port=cluster_port())
+    replica = redis.Redis(port=node.port, username="admin", password=ADMIN_PASSWORD, decode_responses=True)
+    replica.execute_command("CLUSTER", "MEET", "127.0.0.1", env.server.port)
+    primary_id = primary.execute_command("CLUSTER", "MYID")
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            replica.execute_command("CLUSTER", "REPLICATE", primary_id)
+            break
+        except redis.ResponseError:
+            assert time.monotonic() < deadline, "the replica never learned the primary"
+            time.sleep(0.1)
+    while "cluster_state:ok" not in primary.execute_command("CLUSTER", "INFO"):
+        assert time.monotonic() < deadline, "the cluster never became ok"
+        time.sleep(0.1)
+    seed(primary)
+    while replica.info("replication").get("master_link_status") != "up" or replica.dbsize() < 110:
+        assert time.monotonic() < deadline + 20, "the replica never synced"
+        time.sleep(0.1)
+    assert env.cli("run").code == 0
+    maint = Maint(env, scratch_dir, port=node.port)
+    proc = maint.cli("--sections", "keys,drill")
+    assert proc.returncode == 0, proc.stderr
+    sections = maint.report()["sections"]
+    assert sections["keys"]["role"] == "slave" and sections["keys"]["keys_sampled"] == 110
+    assert {row["prefix"] for row in sections["keys"]["prefixes"]} >= {"cache:ai", "session:web", "ratelimit:api"}
+    assert sections["drill"]["status"] == "ok", sections["drill"]
+    assert sections["drill"]["sample"]["same"] == sections["drill"]["sample"]["compared"] == 110
