@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"redis-infra-maintenance: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - e.g. the instance is down: one line, not a traceback
-        print(f"redis-infra-maintenance: {cfg.instance}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"redis-infra-maintenance: {args.config}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))

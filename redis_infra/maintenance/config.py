@@ -153,4 +153,6 @@ def load(path: str) -> MaintenanceConfig:
             text = handle.read()
     except OSError as exc:
         raise MaintenanceError(f"{path}: cannot read the maintenance config: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise MaintenanceError(f"{path}: not UTF-8 text") from None
     return parse(text, path)

@@ -41,8 +41,8 @@ def run(cfg: MaintenanceConfig, wanted: list[str], settings, clock=lambda: datet
         if name not in wanted:
             continue
         try:
-            if name == "slowlog":
-                result = sections.slowlog(text, cfg)
+            if name == "slowlog":    # bytes: the slow log keeps 128 bytes of each argument, cut anywhere
+                result = sections.slowlog(connect(), cfg)
             elif name == "memory":
                 if server_binary is None:
                     server_binary = _server_or_none(cfg)
@@ -55,17 +55,41 @@ def run(cfg: MaintenanceConfig, wanted: list[str], settings, clock=lambda: datet
                 result = drill.drill(cfg, connect, now=clock())
         except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
             result = sections.section(ERROR, f"{type(exc).__name__}: {exc}", [f"the section failed: {exc}"])
+        result["time"] = clock().isoformat(timespec="seconds")
         report["sections"][name] = result
     if "server" not in report:
         info = text.info("server")
         report["server"] = {"engine": "valkey" if "valkey_version" in info else "redis",
                             "version": info.get("valkey_version") or info.get("redis_version")}
     report["finished"] = clock().isoformat(timespec="seconds")
+    report["ran"] = [name for name in SECTIONS if name in report["sections"]]
+    return summarize(report)
+
+
+def summarize(report: dict) -> dict:
     statuses = [section["status"] for section in report["sections"].values()]
     report["result"] = FAILED if any(status in (FAILED, ERROR) for status in statuses) else OK
     report["warnings"] = sum(len(section.get("findings", [])) for section in report["sections"].values()
                              if section["status"] == WARNING)
     return report
+
+
+def merged(cfg: MaintenanceConfig, report: dict) -> dict:
+    """A run of some sections (a tag of playbooks/maintenance.yml) keeps the last result of the others, in the
+    report and in the status: a slow-log review must not clear a failed drill."""
+    if not cfg.report_dir:
+        return report
+    try:
+        with open(os.path.join(cfg.report_dir, "report.json"), encoding="utf-8") as handle:
+            previous = json.load(handle)
+    except (OSError, ValueError):
+        return report
+    if not isinstance(previous, dict) or previous.get("instance") != report["instance"] or \
+            not isinstance(previous.get("sections"), dict):
+        return report
+    sections = {name: previous["sections"][name] for name in SECTIONS if name in previous["sections"]}
+    sections.update(report["sections"])
+    return summarize(dict(report, sections={name: sections[name] for name in SECTIONS if name in sections}))
 
 
 def _readonly_on_connect(connection) -> None:
@@ -98,8 +122,10 @@ def status_of(report: dict) -> dict:
     drill = report["sections"].get("drill")
     drill_status = None
     if drill is not None:
-        drill_status = {"result": drill["status"] if drill["status"] in (OK, SKIPPED) else FAILED,
-                        "time": report["finished"], "backup_id": drill.get("backup_id"),
+        # Findings name no key (names stay in the 0600 report): this file is world-readable.
+        drill_status = {"result": drill["status"] if drill["status"] in (OK, SKIPPED) else
+                        (OK if drill["status"] == WARNING else FAILED),
+                        "time": drill.get("time", report["finished"]), "backup_id": drill.get("backup_id"),
                         "duration_seconds": drill.get("duration_s"),
                         "error": "; ".join(drill["findings"]) if drill["status"] in (FAILED, ERROR) else None}
     return {"instance": report["instance"], "time": report["finished"], "result": report["result"],
@@ -112,7 +138,8 @@ def markdown(report: dict) -> str:
              f"{report['server']['engine']} {report['server']['version']}, {report['started']} to "
              f"{report['finished']}: **{report['result']}**, {report['warnings']} warning(s).", ""]
     for name, section in report["sections"].items():
-        lines += [f"## {name}: {section['status']}", "", section["summary"], ""]
+        ran = "" if name in report.get("ran", [name]) else f" (from the run of {section.get('time', 'an earlier run')})"
+        lines += [f"## {name}: {section['status']}{ran}", "", section["summary"], ""]
         lines += [f"- {finding}" for finding in section.get("findings", [])]
         if section.get("findings"):
             lines.append("")
@@ -179,6 +206,7 @@ def write_atomically(path: str, text: str, mode: int) -> None:
 def write(cfg: MaintenanceConfig, report: dict) -> list[str]:
     """The report (0600: it names keys) and the status file (0644: verdicts only); the paths written."""
     written = []
+    report = merged(cfg, report)
     if cfg.report_dir:
         for name, text, mode in (("report.json", json.dumps(report, indent=2, sort_keys=True) + "\n", 0o600),
                                  ("report.md", markdown(report), 0o600)):

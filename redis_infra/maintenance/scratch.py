@@ -1,6 +1,11 @@
 """A throwaway redis-server (or valkey-server) on the host: no TCP port, a unix socket in a private
 directory, no persistence, run as an unprivileged account when the tool runs as root. The backup drill
-loads a backup into one; the memory section asks one whether the build can defragment."""
+loads a backup into one; the memory section asks one whether the build can defragment.
+
+As root, the tool writes everything the server needs (its config, the RDB) while the directory is still
+its own (0700 root), then hands the files and the directory to the account and starts the server. From
+then on it touches nothing inside: the server logs to a pipe the tool reads (never to a file the account
+could replace with a link), and the directory goes with a removal that follows no link."""
 
 from __future__ import annotations
 
@@ -18,8 +23,8 @@ LOG_TAIL = 3
 
 
 class ScratchServer:
-    """`with ScratchServer(binary, parent) as scratch:` starts nothing yet; `start()` does, `client()`
-    connects; leaving the block stops the server and removes the directory, whatever happened."""
+    """`with ScratchServer(binary, parent) as scratch:` makes the private directory; write into it with
+    `path()`, then `start()`; leaving the block stops the server and removes the directory."""
 
     def __init__(self, binary: str, parent: str | None = None, user: str = "", prefix: str = ".tmp-scratch-"):
         self.binary = binary
@@ -28,18 +33,17 @@ class ScratchServer:
         self.prefix = prefix
         self.dir = ""
         self.proc: subprocess.Popen | None = None
+        # The server's stdout: the tool's own file, outside the directory (closed in __exit__).
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115
 
     def __enter__(self) -> ScratchServer:
-        self.dir = tempfile.mkdtemp(prefix=self.prefix, dir=self.parent)
-        os.chmod(self.dir, 0o700)
-        account = self._account()
-        if account:
-            os.chown(self.dir, account.pw_uid, account.pw_gid)
+        self.dir = tempfile.mkdtemp(prefix=self.prefix, dir=self.parent)   # 0700, the tool's own
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+        self.log.close()
 
     def _account(self) -> pwd.struct_passwd | None:
         if os.geteuid() != 0:
@@ -57,28 +61,30 @@ class ScratchServer:
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name)
 
-    def chown(self, path: str) -> None:
+    def _hand_over(self) -> pwd.struct_passwd | None:
+        """Give the files the tool wrote, then the directory, to the account (as root)."""
         account = self._account()
         if account:
-            os.chown(path, account.pw_uid, account.pw_gid)
+            for name in os.listdir(self.dir):
+                os.lchown(self.path(name), account.pw_uid, account.pw_gid)
+            os.chown(self.dir, account.pw_uid, account.pw_gid)
+        return account
 
     def start(self, dbfilename: str = "dump.rdb", timeout: float = 600.0) -> float:
         """Start the server on the RDB named dbfilename in its directory (if present) and wait until it
         has loaded it; return the seconds that took. MaintenanceError with the log's last lines when the
         server exits or does not answer in time."""
-        conf = self.path("scratch.conf")
-        with open(conf, "w", encoding="utf-8") as handle:
+        with open(self.path("scratch.conf"), "x", encoding="utf-8") as handle:
             handle.write("\n".join([
                 "port 0", f'unixsocket "{self.socket}"', "unixsocketperm 700", f'dir "{self.dir}"',
                 f'dbfilename "{dbfilename}"', "appendonly no", 'save ""', "daemonize no", "protected-mode yes",
-                f'logfile "{self.path("scratch.log")}"', "maxmemory 0", "latency-monitor-threshold 0", ""]))
-        self.chown(conf)
-        account = self._account()
+                'logfile ""', "maxmemory 0", "latency-monitor-threshold 0", ""]))
+        account = self._hand_over()
         started = time.monotonic()
         self.proc = subprocess.Popen(  # noqa: S603 - a fixed binary and arguments
-            [self.binary, conf], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            cwd=self.dir, user=account.pw_uid if account else None, group=account.pw_gid if account else None,
-            extra_groups=[] if account else None)
+            [self.binary, self.path("scratch.conf")], stdin=subprocess.DEVNULL, stdout=self.log,
+            stderr=subprocess.STDOUT, cwd="/", user=account.pw_uid if account else None,
+            group=account.pw_gid if account else None, extra_groups=[] if account else None)
         deadline = started + timeout
         client = None
         while time.monotonic() < deadline:
@@ -102,11 +108,11 @@ class ScratchServer:
                            retry=Retry(NoBackoff(), 0))
 
     def log_text(self) -> str:
-        try:
-            with open(self.path("scratch.log"), encoding="utf-8", errors="replace") as handle:
-                return handle.read()
-        except OSError:
-            return ""
+        self.log.flush()
+        self.log.seek(0)
+        text = self.log.read().decode("utf-8", "replace")
+        self.log.seek(0, os.SEEK_END)
+        return text
 
     def log_tail(self) -> str:
         lines = [line.strip() for line in self.log_text().splitlines() if line.strip()]

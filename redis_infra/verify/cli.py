@@ -40,10 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     wanted = [name.strip() for name in args.checks.split(",") if name.strip()]
     unknown = sorted(set(wanted) - set(CHECKS))
-    if unknown:
-        print(f"redis-infra-verify: --checks: unknown {', '.join(unknown)}; choose from {', '.join(CHECKS)}",
-              file=sys.stderr)
+    if unknown or not wanted:
+        print(f"redis-infra-verify: --checks: unknown {', '.join(unknown) or '(none given)'}; choose from "
+              f"{', '.join(CHECKS)}", file=sys.stderr)
         return 2
+    wanted = ["connection", *[name for name in wanted if name != "connection"]]   # every other check needs it
     try:
         settings = Settings.from_env(load(args.env_file))
     except (EnvFileError, ValueError) as exc:
