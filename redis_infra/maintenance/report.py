@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
-import tempfile
 from datetime import UTC, datetime
 
 from . import ERROR, FAILED, OK, SECTIONS, SKIPPED, WARNING
@@ -187,20 +185,13 @@ def _tables(name: str, section: dict) -> list[str]:
 
 
 def write_atomically(path: str, text: str, mode: int) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o750, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """The backup tool's atomic write (temporary file, fsync, rename), into a directory made if missing, with
+    `mode` whatever the umask."""
+    from redis_infra.backup.storage import atomic_write_text
+
+    os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
+    atomic_write_text(path, text, mode)
+    os.chmod(path, mode)
 
 
 def write(cfg: MaintenanceConfig, report: dict) -> list[str]:
