@@ -81,6 +81,17 @@ def unit(env, instance):
     return f"{env['engine']}-server@{instance['name']}.service"
 
 
+# Tests of code that does not depend on the engine's version or the profile run once per distribution
+# (Debian 12 with Redis 7.0, Debian 13 with Valkey 8.1), not in each of the four single-host scenarios.
+ONCE_PER_DISTRIBUTION = ("default", "valkey")
+
+
+def once_per_distribution():
+    scenario = os.environ.get("MOLECULE_SCENARIO_NAME")
+    if scenario and scenario not in ONCE_PER_DISTRIBUTION:
+        pytest.skip(f"runs once per distribution, in the {' and '.join(ONCE_PER_DISTRIBUTION)} scenarios")
+
+
 def journal_on_failure(host, env, instance):
     return host.run(f"journalctl -u {unit(env, instance)} -n 30 --no-pager").stdout
 
@@ -408,6 +419,7 @@ def test_apply_converges_on_what_the_instance_runs(host, env, reconverge):
 
 
 def test_a_restart_that_fails_shows_the_log_and_fails_the_play(host, env, reconverge):
+    once_per_distribution()
     bad = {"redis_server_config_extra": {"no-such-directive": "yes"}, "redis_server_start_timeout": 8}
     result = reconverge("-e", json.dumps(bad), server_only=True)
     output = result.stdout + result.stderr
@@ -506,6 +518,7 @@ DEBIAN12_ONLY = [("engine the distribution does not ship", "redis_server_engine"
 
 
 def test_bad_input_fails_in_preflight_naming_the_variable_and_changes_nothing(host, env, reconverge, tmp_path):
+    once_per_distribution()
     cases = BAD_INPUT + (DEBIAN12_ONLY if host.system_info.release.startswith("12") else [])
     files = "find /etc/redis /etc/valkey /etc/redis-infra /etc/systemd/system /etc/sysctl.d -type f 2>/dev/null"
     checksums = f"{files} | sort | xargs sha256sum"
