@@ -647,3 +647,54 @@ def test_a_user_added_by_hand_is_removed_by_the_next_run(host, env, reconverge):
     assert result.returncode == 0, result.stdout[-3000:]
     assert "ACL users intruder" in result.stdout, result.stdout[-3000:]
     assert "intruder" not in admin(host, env, port, "ACL", "USERS").split()
+
+
+def test_a_standalone_upgrade_backs_up_then_restarts_in_place(host, env):
+    """playbooks/upgrade.yml on a standalone instance (production, Debian 12, with its security archive in
+    the sources): a backup first, the packages upgraded, the instance restarted once on the new binary (its
+    restart is the write outage, measured from the controller), the data kept; a re-run changes nothing."""
+    if os.environ.get("MOLECULE_SCENARIO_NAME") != "production":
+        pytest.skip("runs in the production scenario (Debian 12, whose security archive has a newer build)")
+    import redis
+    from writers import ThreadedWriter
+
+    port = env["instances"][0]["port"]
+    upgrade = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "upgrade.yml")
+    status = f"/var/lib/redis-infra/backup-status/{env['instances'][0]['name']}.json"
+
+    def run_playbook():
+        return subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", "redis",
+                               upgrade], capture_output=True, text=True, timeout=600, check=False)
+
+    def version():
+        return host.check_output("dpkg-query -W -f '${Version}' redis-server")
+
+    def run_id():
+        return re.search(r"run_id:(\w+)", admin(host, env, port, "INFO", "server")).group(1)
+
+    host.run("echo 'deb http://deb.debian.org/debian-security bookworm-security main' "
+             ">/etc/apt/sources.list.d/security.list")
+    before, started = version(), run_id()
+    backed_up = int(host.run(f"stat -c %Y {status} || echo 0").stdout.split()[0])
+    assert app(host, env, port, "SET", "verify:upgrade", "kept") == "OK"
+    address = host.check_output("hostname -I").split()[0]
+    client = redis.Redis(host=address, port=port, password=env["password"], socket_timeout=2, socket_connect_timeout=2,
+                         ssl=env["tls"], ssl_ca_certs=tls_setup.controller_ca() if env["tls"] else None)
+    with ThreadedWriter(client) as writer:
+        result = run_playbook()
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert version() != before, f"nothing was upgraded from {before}"
+    upgraded = run_id()
+    assert upgraded != started, "the instance still runs the old binary"
+    assert int(host.run(f"stat -c %Y {status} || echo 0").stdout.split()[0]) > backed_up, "no backup first"
+    assert app(host, env, port, "GET", "verify:upgrade") == "kept"
+    assert writer.acknowledged > 50, writer.errors[:5]
+    print(f"standalone upgrade: longest time between two acknowledged writes {writer.longest:.1f} s")
+    assert writer.longest < 15, (writer.longest, writer.errors[:5])
+    for secret in passwords(env):
+        assert secret not in output
+    rerun = run_playbook()
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
+    assert re.search(r"^\S+\s+: ok=\d+\s+changed=0\s", rerun.stdout, re.MULTILINE), rerun.stdout[-2000:]
+    assert run_id() == upgraded, "the re-run restarted the instance"
