@@ -39,6 +39,20 @@ def redis_sentinel_summary(topology, redis_addresses, sentinel_addresses, sentin
     return summary
 
 
+def redis_sentinel_peers_heard(sentinels_reply, within_ms):
+    """From SENTINEL SENTINELS <name>, how many other Sentinels this one has had a hello message from in
+    the last within_ms milliseconds. (Right after a start, Sentinel counts every peer of its config as
+    reachable until down-after-milliseconds passes: CKQUORUM proves nothing then.)"""
+    heard = 0
+    for peer in sentinels_reply or []:
+        fields = dict(zip(peer[::2], peer[1::2], strict=False)) if isinstance(peer, list) else {}
+        last = str(fields.get("last-hello-message", ""))
+        if last.isdigit() and int(last) <= int(within_ms):
+            heard += 1
+    return heard
+
+
 class FilterModule:
     def filters(self):
-        return {"redis_sentinel_changes": redis_sentinel_changes, "redis_sentinel_summary": redis_sentinel_summary}
+        return {"redis_sentinel_changes": redis_sentinel_changes, "redis_sentinel_summary": redis_sentinel_summary,
+                "redis_sentinel_peers_heard": redis_sentinel_peers_heard}

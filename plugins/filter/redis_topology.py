@@ -188,6 +188,15 @@ def redis_server_not_in_sync(in_sync, addresses, topology):
     return missing
 
 
+def redis_server_caught_up(role_reply):
+    """From a primary's ROLE reply, how many replicas have acknowledged its whole replication offset.
+    (WAIT on a connection that wrote nothing counts every attached replica, whatever its offset.)"""
+    if not isinstance(role_reply, list) or len(role_reply) < 3 or role_reply[0] != "master":
+        return 0
+    offset = int(role_reply[1])
+    return sum(1 for replica in role_reply[2] or [] if len(replica) >= 3 and int(replica[2]) >= offset)
+
+
 def redis_server_address(host_vars):
     """The address a host's instances replicate on, from its variables (tasks/facts.yml's rule)."""
     resolved = host_vars.get("redis_server_replication_model")
@@ -253,6 +262,7 @@ class FilterModule:
             "redis_server_topology_conflicts": redis_server_topology_conflicts,
             "redis_server_address": redis_server_address,
             "redis_server_in_sync": redis_server_in_sync,
+            "redis_server_caught_up": redis_server_caught_up,
             "redis_server_not_in_sync": redis_server_not_in_sync,
             "redis_server_replicaof": redis_server_replicaof,
             "redis_server_unaddressed": redis_server_unaddressed,

@@ -16,7 +16,7 @@ from tests.conftest import REDIS_SERVER, free_port
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "plugins/filter"))
 
-from redis_sentinel import redis_sentinel_changes, redis_sentinel_summary  # noqa: E402
+from redis_sentinel import redis_sentinel_changes, redis_sentinel_peers_heard, redis_sentinel_summary  # noqa: E402
 
 SETTINGS = {"down-after-milliseconds": "5000", "failover-timeout": "60000", "parallel-syncs": "1", "quorum": "1"}
 SAVED = "sentinel auth-user main sentinel-user\nsentinel auth-pass main sentinel-password-0123456789\n"
@@ -109,3 +109,46 @@ def test_the_changes_applied_with_sentinel_set_converge_on_a_real_sentinel(senti
     # Sentinel saved the credentials in its config and reports the values: the next run changes nothing.
     assert changes() == []
     assert client.execute_command("SENTINEL", "MASTER", "main")
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_peers_heard_counts_only_sentinels_that_sent_a_hello_lately(redis_factory, tmp_path):
+    """Two real Sentinels of one primary: each hears the other within a few seconds; a peer written into
+    the config but not running is never counted, though CKQUORUM counts it at first."""
+    primary = redis_factory("")
+    ports, procs, clients = [free_port(), free_port()], [], []
+    ghost = "0123456789abcdef0123456789abcdef01234567"
+    try:
+        for index, port in enumerate(ports):
+            workdir = tmp_path / f"sentinel{index}"
+            workdir.mkdir()
+            conf = workdir / "sentinel.conf"
+            conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+                            f"sentinel monitor main 127.0.0.1 {primary.port} 2\n"
+                            f"sentinel known-sentinel main 127.0.0.1 {free_port()} {ghost}\n")
+            procs.append(subprocess.Popen([REDIS_SERVER, str(conf), "--sentinel"], cwd=workdir,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            clients.append(redis.Redis(port=port, decode_responses=True, socket_timeout=2))
+
+        def heard(client):
+            reply = client.execute_command("SENTINEL", "SENTINELS", "main")
+            flat = [[item for pair in peer.items() for item in pair] if isinstance(peer, dict) else peer
+                    for peer in reply]
+            return redis_sentinel_peers_heard([[str(item) for item in peer] for peer in flat], 5000)
+
+        counts = []
+        for _ in range(100):
+            try:
+                counts = [heard(client) for client in clients]
+            except redis.RedisError:
+                counts = []
+            if counts == [1, 1]:
+                break
+            time.sleep(0.1)
+        assert counts == [1, 1], counts
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+    assert redis_sentinel_peers_heard([["name", "x", "last-hello-message", "6000"]], 5000) == 0
+    assert redis_sentinel_peers_heard(None, 5000) == 0

@@ -223,3 +223,13 @@ def test_the_start_hook_reaches_each_sentinel_where_it_listens():
     assert redis_server_sentinel_address(dict(facts, redis_sentinel_bind=["127.0.0.1"])) == "10.0.0.7"
     assert redis_server_sentinel_address({"ansible_host": "s1.example", "inventory_hostname": "s1"}) == "s1.example"
     assert redis_server_sentinel_address({"inventory_hostname": "s1"}) == "s1"
+
+
+def test_caught_up_counts_replicas_that_acknowledged_the_whole_offset():
+    from redis_topology import redis_server_caught_up
+
+    reply = ["master", 3129659, [["10.0.0.2", "6379", "3129659"], ["10.0.0.3", "6379", "3129242"]]]
+    assert redis_server_caught_up(reply) == 1
+    assert redis_server_caught_up(["master", 0, []]) == 0
+    assert redis_server_caught_up(["slave", "10.0.0.1", 6379, "connected", 5]) == 0
+    assert redis_server_caught_up(None) == 0
