@@ -667,8 +667,10 @@ def test_a_standalone_upgrade_backs_up_then_restarts_in_place(host, env):
     status = f"/var/lib/redis-infra/backup-status/{env['instances'][0]['name']}.json"
 
     def run_playbook():
+        # Without colours (Molecule forces them), so that the recap's lines start with the host's name.
         return subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", "redis",
-                               upgrade], capture_output=True, text=True, timeout=600, check=False)
+                               upgrade], capture_output=True, text=True, timeout=600, check=False,
+                              env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"))
 
     def version():
         return host.check_output("dpkg-query -W -f '${Version}' redis-server")
