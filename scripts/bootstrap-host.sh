@@ -2,11 +2,11 @@
 # Install and start what the project needs on this machine (Debian/Ubuntu, as root): the container
 # engine, debootstrap for the test images, redis-server for the fast tests, promtool for the alert
 # rule tests, prometheus-redis-exporter (oliver006/redis_exporter) for the test that compares the health
-# checker's metrics with the exporter's. Safe to run again: installs only what is missing and starts
-# the engine only if stopped.
+# checker's metrics with the exporter's, haproxy for the local proxy's fast test. Safe to run again:
+# installs only what is missing and starts the engine only if stopped.
 set -euo pipefail
 
-packages=(docker.io debootstrap redis-server redis-tools prometheus prometheus-redis-exporter python3-venv rsync)
+packages=(docker.io debootstrap redis-server redis-tools prometheus prometheus-redis-exporter haproxy python3-venv rsync)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

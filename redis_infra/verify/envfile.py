@@ -60,6 +60,7 @@ class Settings:
     sentinel_master: str
     sentinel_password: str | None
     replica_urls: list
+    proxy: bool = False
 
     @classmethod
     def from_env(cls, values: dict) -> Settings:
@@ -74,7 +75,8 @@ class Settings:
             sentinels=_addresses(values.get("REDIS_SENTINELS", "")),
             sentinel_master=values.get("REDIS_SENTINEL_MASTER", ""),
             sentinel_password=values.get("REDIS_SENTINEL_PASSWORD") or None,
-            replica_urls=[url.strip() for url in values.get("REDIS_READ_REPLICA_URLS", "").split(",") if url.strip()])
+            replica_urls=[url.strip() for url in values.get("REDIS_READ_REPLICA_URLS", "").split(",") if url.strip()],
+            proxy=_flag(values, "REDIS_PROXY"))
 
     @property
     def topology(self) -> str:
@@ -94,7 +96,8 @@ class Settings:
                         **self.tls_kwargs(), **self.common())
 
     def client(self, decode: bool = True):
-        """The application's client, as the application makes it: cluster, Sentinel or URL."""
+        """The application's client, as the application makes it: cluster, Sentinel or URL (the URL also when it
+        names a local proxy, which is why the application has one)."""
         import redis
         from redis.cluster import ClusterNode, RedisCluster
 
@@ -102,19 +105,20 @@ class Settings:
             return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in self.cluster_nodes],
                                 username=self.username, password=self.password, decode_responses=decode,
                                 **self.tls_kwargs(), **self.common())
-        if self.sentinels:
+        if self.sentinels and not self.proxy:
             return self.sentinel().master_for(self.sentinel_master, username=self.username, password=self.password,
                                               db=self.db, decode_responses=decode)
         extra = {"ssl_ca_certs": self.ca_file} if self.tls and self.ca_file else {}
         return redis.from_url(self.url, decode_responses=decode, **extra, **self.common())
 
     def primary_address(self) -> tuple[str, int]:
-        """Where writes go: the URL's host, the Sentinels' primary, or the first cluster node."""
+        """Where writes go: the URL's host (a local proxy's too), the Sentinels' primary, or the first cluster
+        node."""
         from urllib.parse import urlsplit
 
         if self.cluster_nodes:
             return self.cluster_nodes[0]
-        if self.sentinels:
+        if self.sentinels and not self.proxy:
             return self.sentinel().discover_master(self.sentinel_master)
         parts = urlsplit(self.url)
         return parts.hostname or "127.0.0.1", parts.port or 6379

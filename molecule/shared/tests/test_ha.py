@@ -18,7 +18,7 @@ import testinfra
 import tls_setup
 from preflight_cases import case_tasks
 from testinfra.utils.ansible_runner import AnsibleRunner
-from writers import ThreadedWriter
+from writers import ApplicationWriter, ThreadedWriter
 
 # Redis hosts only (a scenario may have a monitoring host: test_monitoring.py).
 testinfra_hosts = ["ansible://redis"]
@@ -34,6 +34,9 @@ REDIS_HOSTS = RUNNER.get_hosts("redis")
 VARIABLES = RUNNER.get_variables(REDIS_HOSTS[0])
 NAME = "main"
 PORT = 6379
+# The application host (group apps) with one application behind the local proxy (molecule/ha/molecule.yml).
+APP_HOSTS = RUNNER.get_hosts("apps")
+APP_ENV_FILE = "/etc/redis-infra/apps/shop.env"
 SENTINEL_PORT = VARIABLES.get("redis_sentinel_port", 26379)
 DOWN_AFTER_MS = VARIABLES.get("redis_sentinel_down_after_milliseconds", 5000)
 # TLS on (production): the instances and Sentinels serve TLS only; the CLI inside a host uses the host's CA
@@ -277,7 +280,66 @@ def _sentinel_primary(host):
     return sentinel(host, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", NAME).splitlines()[0]
 
 
+def _app_host():
+    return testinfra.get_host(f"ansible://{APP_HOSTS[0]}?ansible_inventory={INVENTORY}")
+
+
+def _env(host, path=APP_ENV_FILE):
+    values = {}
+    for line in host.file(path).content_string.splitlines():
+        key, _, value = line.partition("=")
+        if key and not key.startswith("#"):
+            values[key] = value[1:-1] if len(value) >= 2 and value[0] == value[-1] == "'" else value
+    return values
+
+
+@pytest.mark.skipif(not APP_HOSTS, reason="this scenario has no application host")
+def test_ha_app_settings_route_the_application_through_the_local_proxy_and_verify_passes(hosts):
+    """playbooks/app_settings.yml with an application behind the local proxy (HAProxy on its host), run twice;
+    then playbooks/verify.yml on the application's host, through the proxy's primary and replica ports."""
+    playbooks = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks")
+    secrets = [VARIABLES[name] for name in ("redis_server_password", "redis_server_proxy_password",
+                                            "redis_server_admin_password")]
+    first = _playbook(os.path.join(playbooks, "app_settings.yml"))
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+    again = _playbook(os.path.join(playbooks, "app_settings.yml"))
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", again.stdout, re.MULTILINE)
+    assert recap and all(count == "0" for _, count in recap), recap
+    app = _app_host()
+    env = _env(app)
+    assert env["REDIS_URL"].endswith("@127.0.0.1:6379/0") and env["REDIS_PROXY"] == "true", env["REDIS_URL"][-20:]
+    assert env["REDIS_TLS"] == "false" and env["REDIS_READ_REPLICAS"] == "true"
+    assert env["REDIS_READ_REPLICA_URLS"].endswith("@127.0.0.1:7379/0")
+    env_file = app.file(APP_ENV_FILE)
+    assert (env_file.user, env_file.group, env_file.mode) == ("nobody", "nogroup", 0o600)
+    config = app.file("/etc/redis-infra/proxy/haproxy.cfg")
+    assert (config.user, config.group, config.mode) == ("root", "haproxy", 0o640)
+    assert app.service("redis-infra-proxy").is_running and app.service("redis-infra-proxy").is_enabled
+    assert set(app.check_output("ps -o user= -C haproxy").split()) == {"haproxy"}
+    # The proxy speaks TLS to the servers (production), and the check user's password is in no file in clear.
+    assert "ssl verify required" in config.content_string
+    for secret in secrets:
+        assert secret not in config.content_string
+        assert secret not in first.stdout + first.stderr + again.stdout
+    verify = _playbook(os.path.join(playbooks, "verify.yml"))
+    output = verify.stdout + verify.stderr
+    assert verify.returncode == 0, output[-4000:]
+    for check in ("connection", "basic", "advanced", "uses", "performance", "replica-reads", "readiness"):
+        assert f"OK      {check}:" in output, (check, output[-3000:])
+    assert "1 replica URL(s) read the primary's write and refuse writes" in output
+    assert "FAILED" not in output.replace("failed=0", "")
+    for secret in secrets:
+        assert secret not in output
+
+
 def test_failover_elects_a_new_primary_and_the_old_one_rejoins(hosts, addresses):
+    """With an application host: an application writes through its local proxy all along, and its writes go
+    through again within one failover window."""
+    application = ApplicationWriter(APP_HOSTS[0], APP_ENV_FILE) if APP_HOSTS else None
+    if application:
+        application.__enter__()
+        time.sleep(2)
     old = current_primary(hosts)
     others = [name for name in hosts if name != old]
     witness = hosts[others[0]]
@@ -318,6 +380,16 @@ def test_failover_elects_a_new_primary_and_the_old_one_rejoins(hosts, addresses)
             break
     assert app(hosts[old], "GET", "verify:failover") == "after"
     assert current_primary(hosts) == new
+    if application:
+        time.sleep(2)
+        application.__exit__(None, None, None)
+        figures = application.result
+        print(f"application through the local proxy across the failover: {figures}")
+        assert figures.get("acknowledged", 0) > 100, figures
+        # One failover window: Sentinel's down-after and election, then two checks of the proxy (rise 2).
+        assert figures["longest"] <= DOWN_AFTER_MS / 1000 + 8, figures
+        # Its last write went through the proxy to the new primary.
+        assert app(hosts[new], "GET", f"verify:application:{figures['acknowledged'] - 1}") == "x"
 
     result = _converge()
     output = result.stdout + result.stderr

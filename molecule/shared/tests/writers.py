@@ -3,6 +3,8 @@ stopped, counting what was acknowledged and what failed."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 import time
 
@@ -60,3 +62,64 @@ class ThreadedWriter:
     def __exit__(self, *exc):
         self.stop = True
         self.thread.join(10)
+
+
+# An application on its own host, as the platform's guide has one: reads REDIS_URL from its env file and writes
+# through it every 50 ms (redis-py from Debian, 1 s timeouts, no retries) until the stop file appears or the
+# limit passes; then prints what went through and the longest time between two acknowledged writes.
+APPLICATION_WRITER = r'''
+import json, os, sys, time
+import redis
+env_file, stop_file, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
+values = {}
+for line in open(env_file):
+    key, _, value = line.rstrip("\n").partition("=")
+    if key and not key.startswith("#"):
+        values[key] = value[1:-1] if len(value) >= 2 and value[0] == value[-1] == "'" else value
+client = redis.Redis.from_url(values["REDIS_URL"], socket_timeout=1, socket_connect_timeout=1)
+started = last = time.monotonic()
+acknowledged, errors, longest = 0, {}, 0.0
+while time.monotonic() - started < limit and not os.path.exists(stop_file):
+    try:
+        client.set("verify:application:%d" % acknowledged, "x")
+        acknowledged += 1
+        now = time.monotonic()
+        longest, last = max(longest, now - last), now
+    except redis.RedisError as exc:
+        errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+    time.sleep(0.05)
+print(json.dumps({"acknowledged": acknowledged, "errors": errors, "longest": round(longest, 2)}))
+'''
+
+
+class ApplicationWriter:
+    """APPLICATION_WRITER in a container of the scenario (docker exec), as a context manager: result holds
+    its figures once stopped."""
+
+    def __init__(self, container, env_file, limit=300):
+        self.container, self.env_file, self.limit, self.result = container, env_file, limit, None
+
+    def _exec(self, *command, **options):
+        return subprocess.run(["docker", "exec", *command], capture_output=True, text=True, check=False,
+                              timeout=60, **options)
+
+    def __enter__(self):
+        self._exec("-i", self.container, "sh", "-c", "cat > /root/application-writer.py", input=APPLICATION_WRITER)
+        self._exec(self.container, "rm", "-f", "/root/application-writer.stop", "/root/application-writer.json")
+        self._exec("-d", self.container, "sh", "-c",
+                   f"python3 /root/application-writer.py {self.env_file} /root/application-writer.stop {self.limit}"
+                   " > /root/application-writer.json 2> /root/application-writer.err")
+        return self
+
+    def __exit__(self, *exc):
+        self._exec(self.container, "touch", "/root/application-writer.stop")
+        output = ""
+        for _ in range(40):
+            output = self._exec(self.container, "cat", "/root/application-writer.json").stdout.strip()
+            if output:
+                break
+            time.sleep(0.5)
+        if output:
+            self.result = json.loads(output)
+        else:
+            self.result = {"failed": self._exec(self.container, "cat", "/root/application-writer.err").stdout[-2000:]}
