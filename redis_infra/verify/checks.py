@@ -226,7 +226,7 @@ def _sentinels_agree(ctx: Context):
     answers = {}
     for host, port in ctx.settings.sentinels:
         client = redis.Redis(host=host, port=port, password=ctx.settings.sentinel_password, decode_responses=True,
-                             **ctx.settings.tls_kwargs(), **ctx.settings.common())
+                             **ctx.settings.tls_kwargs(sentinel=True), **ctx.settings.common())
         try:
             address = client.sentinel_get_master_addr_by_name(ctx.settings.sentinel_master)
             replicas = client.sentinel_slaves(ctx.settings.sentinel_master)

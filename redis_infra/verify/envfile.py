@@ -61,6 +61,7 @@ class Settings:
     sentinel_password: str | None
     replica_urls: list
     proxy: bool = False
+    sentinel_tls: bool = False
 
     @classmethod
     def from_env(cls, values: dict) -> Settings:
@@ -76,14 +77,17 @@ class Settings:
             sentinel_master=values.get("REDIS_SENTINEL_MASTER", ""),
             sentinel_password=values.get("REDIS_SENTINEL_PASSWORD") or None,
             replica_urls=[url.strip() for url in values.get("REDIS_READ_REPLICA_URLS", "").split(",") if url.strip()],
-            proxy=_flag(values, "REDIS_PROXY"))
+            proxy=_flag(values, "REDIS_PROXY"),
+            # The Sentinels speak TLS when the servers do, also where REDIS_URL is a local proxy in plaintext.
+            sentinel_tls=_flag(values, "REDIS_SENTINEL_TLS" if "REDIS_SENTINEL_TLS" in values else "REDIS_TLS"))
 
     @property
     def topology(self) -> str:
         return "cluster" if self.cluster_nodes else ("sentinel" if self.sentinels else "standalone")
 
-    def tls_kwargs(self) -> dict:
-        return {"ssl": True, "ssl_ca_certs": self.ca_file, "ssl_cert_reqs": "required"} if self.tls else {}
+    def tls_kwargs(self, sentinel: bool = False) -> dict:
+        tls = self.sentinel_tls if sentinel else self.tls
+        return {"ssl": True, "ssl_ca_certs": self.ca_file, "ssl_cert_reqs": "required"} if tls else {}
 
     def common(self) -> dict:
         return {"socket_connect_timeout": self.connect_timeout, "socket_timeout": self.command_timeout}
@@ -91,9 +95,9 @@ class Settings:
     def sentinel(self):
         from redis.sentinel import Sentinel
 
-        return Sentinel(self.sentinels, sentinel_kwargs={"password": self.sentinel_password, **self.tls_kwargs(),
-                                                         **self.common()},
-                        **self.tls_kwargs(), **self.common())
+        return Sentinel(self.sentinels, sentinel_kwargs={"password": self.sentinel_password,
+                                                         **self.tls_kwargs(sentinel=True), **self.common()},
+                        **self.tls_kwargs(sentinel=True), **self.common())
 
     def client(self, decode: bool = True):
         """The application's client, as the application makes it: cluster, Sentinel or URL (the URL also when it

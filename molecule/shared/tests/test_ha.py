@@ -316,7 +316,10 @@ def test_ha_app_settings_route_the_application_through_the_local_proxy_and_verif
     config = app.file("/etc/redis-infra/proxy/haproxy.cfg")
     assert (config.user, config.group, config.mode) == ("root", "haproxy", 0o640)
     assert app.service("redis-infra-proxy").is_running and app.service("redis-infra-proxy").is_enabled
-    assert set(app.check_output("ps -o user= -C haproxy").split()) == {"haproxy"}
+    # The proxy runs as haproxy; the distribution's haproxy.service, which the package started, is stopped.
+    main_pid = app.check_output("systemctl show -p MainPID --value redis-infra-proxy")
+    assert set(app.check_output(f"ps -o user= -p {main_pid} --ppid {main_pid}").split()) == {"haproxy"}
+    assert not app.service("haproxy").is_running and not app.service("haproxy").is_enabled
     # The proxy speaks TLS to the servers (production), and the check user's password is in no file in clear.
     assert "ssl verify required" in config.content_string
     for secret in secrets:
