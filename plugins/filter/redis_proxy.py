@@ -36,7 +36,8 @@ def _endpoint(address, port):
 
 def redis_proxy_listener(summary, servers, instance_name, addresses=None, offsets=(0, 1000)):
     """The listeners of one application's replication group and instance: on loopback, one port that routes
-    to the instance that answers ROLE as a master and one that routes to the replicas whose link is up;
+    to the instance that answers ROLE as a master (with a replica online when the group's min-replicas-to-write
+    asks for one) and one that routes to the replicas whose link is up;
     behind them the instance on every host of the group, by the address the applications use (addresses:
     inventory name -> address) and, with TLS, the name its certificate is checked against (that address when
     it is a DNS name, else the inventory name, which the role's own certificates always hold)."""
@@ -46,6 +47,7 @@ def redis_proxy_listener(summary, servers, instance_name, addresses=None, offset
     if not group.get("enabled") or not hosts:
         raise AnsibleFilterError(f"{summary.get('host')} is not in a replication group: nothing to proxy")
     by_host = {server["host"]: server for server in servers}
+    tls = bool((summary.get("tls") or {}).get("enabled"))
     members = []
     for host in hosts:
         server = by_host.get(host)
@@ -53,15 +55,19 @@ def redis_proxy_listener(summary, servers, instance_name, addresses=None, offset
         if instance is None:
             raise AnsibleFilterError(f"{host} reported no instance {instance_name!r} in this run")
         address = str(addresses.get(host) or server["address"])
-        members.append({"name": _safe(host), "endpoint": _endpoint(address, int(instance["port"])),
+        # The port and TLS are in the name: HAProxy's saved state (kept across reloads) would otherwise carry a
+        # server's old port and TLS over to its new definition.
+        members.append({"name": _safe(f"{host}:{instance['port']}{':tls' if tls else ''}"),
+                        "endpoint": _endpoint(address, int(instance["port"])),
                         "verify_name": host if _is_ip(address) else address})
     own = next(item for item in summary["instances"] if item["name"] == instance_name)
-    tls = summary.get("tls") or {}
     return {
         "name": _safe(f"{hosts[0]}-{instance_name}"),
         "port": int(own["port"]) + int(offsets[0]),
         "replica_port": int(own["port"]) + int(offsets[1]),
-        "tls": bool(tls.get("enabled")),
+        "tls": tls,
+        # The primary must list a replica online when the group requires one to take writes.
+        "min_replicas": int(group.get("min_replicas_to_write") or 0),
         "servers": members,
         "auth": redis_resp_hex(["AUTH", summary.get("proxy_user", ""), summary.get("proxy_password", "")]),
     }

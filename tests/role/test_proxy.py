@@ -10,8 +10,10 @@ name the server routes nowhere.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -97,10 +99,12 @@ class Group:
         self.admin(primary).replicaof("NO", "ONE")
         self.admin(replica).replicaof("127.0.0.1", self.servers[primary].port)
 
-    def summary(self, proxy_password: str = PROXY_PASSWORD, prefix: str = "node") -> dict:
-        """What the servers publish (tasks/server.yml), with inventory names <prefix>-a and <prefix>-b."""
+    def summary(self, proxy_password: str = PROXY_PASSWORD, prefix: str = "node", min_replicas: int = 1) -> dict:
+        """What the servers publish (tasks/server.yml), with inventory names <prefix>-a and <prefix>-b; the group
+        requires min_replicas replicas to take writes (production's default with replicas is 1)."""
         names = {name: name.replace("node", prefix) for name in self.servers}
-        replication = {"enabled": True, "primaries": [names["node-a"]], "replicas": [names["node-b"]]}
+        replication = {"enabled": True, "primaries": [names["node-a"]], "replicas": [names["node-b"]],
+                       "min_replicas_to_write": min_replicas}
         tls = {"enabled": self.certificates is not None}
         servers = [{"host": names[name], "address": "127.0.0.1", "replication": replication, "tls": tls,
                     "instances": [{"name": "redis", "port": self.ports[name]}]} for name in self.servers]
@@ -137,6 +141,7 @@ class Proxy:
                      _redis_app_settings_proxy_admin_socket=str(base / "admin.sock"),
                      _redis_app_settings_proxy_config=str(base / "haproxy.cfg"),
                      _redis_app_settings_proxy_state_file=str(base / "server-state"),
+                     _redis_app_settings_proxy_loaded=str(base / "loaded-config"),
                      redis_app_settings_tls_ca_file=str(group.certificates["ca.crt"]) if group.certificates else None,
                      redis_app_settings_proxy_port_offset=port - group.ports["node-a"],
                      redis_app_settings_proxy_replica_port_offset=free_port() - group.ports["node-a"],
@@ -188,7 +193,10 @@ class Proxy:
 
 
 def up(proxy: Proxy, listener: str) -> set[str]:
-    return {server for (name, server), status in proxy.status().items() if name.endswith(listener) and status == "UP"}
+    """The hosts whose server is UP behind the listener, going down ("UP 1/2") included (server names are
+    host:port[:tls])."""
+    return {server.split(":")[0] for (name, server), status in proxy.status().items()
+            if name.endswith(listener) and status.startswith("UP")}
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +241,14 @@ def test_the_configuration_holds_the_password_only_as_hex_and_checks_it(plain):
     assert PROXY_PASSWORD.encode().hex() in text
     unit = (proxy.base / "redis-infra-proxy.service").read_text()
     assert "User=haproxy" in unit and "CapabilityBoundingSet=\n" in unit and "ExecReload=/usr/sbin/haproxy -c" in unit
+    # HAProxy refuses to start without the descriptors its threads and maxconn need (strict-limits): with the
+    # unit's limit, one thread per CPU of a large host would not start; the configuration fixes two.
+    assert "\n    nbthread 2\n" in text
+    limit = int(re.search(r"^LimitNOFILE=(\d+)$", unit, re.M).group(1))
+    maxconn = int(re.search(r"^    maxconn (\d+)$", text, re.M).group(1))
+    assert limit >= 2 * maxconn + 2 * 3 + 512, (limit, maxconn)
+    # The servers' names carry their ports, so that a reload never applies a saved port to a new definition.
+    assert re.search(r"^    server node-a:\d+ 127\.0\.0\.1:\d+ check", text, re.M), text
 
 
 def test_a_swap_of_roles_moves_the_primary_port_within_two_checks_and_drops_old_connections(plain):
@@ -267,11 +283,31 @@ def test_a_reload_keeps_the_checks_results_so_a_replica_never_starts_up(plain):
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:          # the new process's first second, before its own checks
         status = proxy.status()
-        seen |= {server for (name, server), state in status.items() if name.endswith("-primary") and state == "UP"}
+        seen |= {server.split(":")[0] for (name, server), state in status.items()
+                 if name.endswith("-primary") and state.startswith("UP")}
         time.sleep(0.05)
     assert seen == {"node-a"}, f"servers UP on the primary port right after the reload: {seen}"
     assert "show servers state" not in proxy.log.read_text()
     assert proxy.client().execute_command("ROLE")[0] == "master"
+    # The reload recorded which configuration the running proxy loaded: the role reloads whenever it differs.
+    loaded = (proxy.base / "loaded-config").read_text().split()[0]
+    assert loaded == hashlib.sha256(proxy.config.read_bytes()).hexdigest()
+
+
+def test_a_primary_without_a_replica_online_is_not_routed_when_the_group_requires_one(plain):
+    """Two masters, neither with a replica (what an old primary that comes back before Sentinel demotes it looks
+    like, beside a new primary whose replicas have not attached yet): the primary port routes to neither."""
+    group, proxy = plain
+    group.admin("node-b").replicaof("NO", "ONE")
+    try:
+        wait_for(lambda: len(proxy.status()) == 4 and not up(proxy, "-primary"),
+                 "the primary port without a primary that has a replica")
+        with pytest.raises(redis.ConnectionError):
+            proxy.client(socket_connect_timeout=2).ping()
+    finally:
+        group.admin("node-b").replicaof("127.0.0.1", group.servers["node-a"].port)
+        wait_for(lambda: up(proxy, "-primary") == {"node-a"} and up(proxy, "-replicas") == {"node-b"},
+                 "node-b back as the replica", timeout=15)
 
 
 def test_a_wrong_check_password_routes_nowhere(plain, tmp_path):
@@ -294,7 +330,8 @@ def test_tls_checks_and_traffic_verify_the_servers_certificate(tmp_path, names_m
     group = Group(tmp_path, certificates).start()
     # Reached as 127.0.0.1, a server is checked against its inventory name: node-a and node-b are in the
     # certificate, rogue-a and rogue-b are not.
-    proxy = Proxy(tmp_path / "haproxy", group, prefix="node" if names_match else "rogue")
+    # A group that does not require a replica to take writes: the primary's check is ROLE master alone.
+    proxy = Proxy(tmp_path / "haproxy", group, prefix="node" if names_match else "rogue", min_replicas=0)
     try:
         assert "ssl verify required" in proxy.config.read_text()
         if names_match:

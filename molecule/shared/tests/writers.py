@@ -88,6 +88,7 @@ while time.monotonic() - started < limit and not os.path.exists(stop_file):
     except redis.RedisError as exc:
         errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
     time.sleep(0.05)
+longest = max(longest, time.monotonic() - last)     # a writer that never recovered shows it here too
 print(json.dumps({"acknowledged": acknowledged, "errors": errors, "longest": round(longest, 2)}))
 '''
 
