@@ -300,9 +300,16 @@ def test_ha_app_settings_route_the_application_through_the_local_proxy_and_verif
     playbooks = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks")
     secrets = [VARIABLES[name] for name in ("redis_server_password", "redis_server_proxy_password",
                                             "redis_server_admin_password")]
-    first = _playbook(os.path.join(playbooks, "app_settings.yml"))
+    # The first run installs and starts the proxy (checks every 1.5 s); the second, with the default interval,
+    # reloads it under systemd (its ExecReload saves the checks' results first); the third, in check mode with a
+    # diff, has nothing to change and prints no secret.
+    first = _playbook(os.path.join(playbooks, "app_settings.yml"), "-e",
+                      "redis_app_settings_proxy_check_interval_ms=1500")
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
-    again = _playbook(os.path.join(playbooks, "app_settings.yml"))
+    second = _playbook(os.path.join(playbooks, "app_settings.yml"))
+    assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
+    assert re.search(r"state'?:\s*'?reloaded", second.stdout), second.stdout[-3000:]
+    again = _playbook(os.path.join(playbooks, "app_settings.yml"), "--check", "--diff")
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", again.stdout, re.MULTILINE)
     assert recap and all(count == "0" for _, count in recap), recap
@@ -324,7 +331,11 @@ def test_ha_app_settings_route_the_application_through_the_local_proxy_and_verif
     assert "ssl verify required" in config.content_string
     for secret in secrets:
         assert secret not in config.content_string
-        assert secret not in first.stdout + first.stderr + again.stdout
+        assert secret not in first.stdout + first.stderr + second.stdout + again.stdout
+    # The running proxy loaded the file as it is (the reload recorded its checksum), and checks every second.
+    loaded = app.file("/run/redis-infra-proxy/loaded-config").content_string.split()[0]
+    assert loaded == app.check_output("sha256sum /etc/redis-infra/proxy/haproxy.cfg").split()[0]
+    assert "inter 1000ms" in config.content_string
     verify = _playbook(os.path.join(playbooks, "verify.yml"))
     output = verify.stdout + verify.stderr
     assert verify.returncode == 0, output[-4000:]
