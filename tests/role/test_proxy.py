@@ -184,8 +184,9 @@ class Proxy:
         return {(row[0], row[1]): row[17] for row in rows if row[1] not in ("FRONTEND", "BACKEND")}
 
     def client(self, replica: bool = False, **options) -> redis.Redis:
+        options.setdefault("socket_timeout", 2)
         return redis.Redis(port=self.replica_port if replica else self.port, password=APP_PASSWORD,
-                           decode_responses=True, socket_timeout=2, **options)
+                           decode_responses=True, **options)
 
     def stop(self) -> None:
         self.proc.terminate()
