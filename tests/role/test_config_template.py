@@ -62,8 +62,9 @@ HOST_SPECIFIC = ("port", "bind", "dir", "logfile", "pidfile", "unixsocket", "acl
                  "tls-port", "tls-cert-file", "tls-key-file", "tls-ca-cert-file")
 
 
-def make_certificates(directory: Path) -> dict:
-    """A CA and a server/client certificate for 127.0.0.1 and localhost (openssl, EC P-256)."""
+def make_certificates(directory: Path, names: str = "IP:127.0.0.1,DNS:localhost") -> dict:
+    """A CA and a server/client certificate for `names` (subjectAltName entries; default 127.0.0.1 and
+    localhost), with openssl, EC P-256."""
     directory.mkdir(exist_ok=True)
     paths = {name: directory / name for name in ("ca.crt", "ca.key", "server.crt", "server.key", "server.csr")}
     if paths["server.crt"].exists():
@@ -74,7 +75,7 @@ def make_certificates(directory: Path) -> dict:
     subprocess.run(["openssl", "req", *ec, "-keyout", paths["server.key"], "-out", paths["server.csr"],
                     "-subj", "/CN=localhost"], check=True, capture_output=True)
     extensions = directory / "ext.cnf"
-    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
+    extensions.write_text(f"subjectAltName={names}\nextendedKeyUsage=serverAuth,clientAuth\n")
     subprocess.run(["openssl", "x509", "-req", "-in", paths["server.csr"], "-CA", paths["ca.crt"], "-CAkey",
                     paths["ca.key"], "-CAcreateserial", "-out", paths["server.crt"], "-days", "2",
                     "-extfile", extensions], check=True, capture_output=True)

@@ -27,6 +27,7 @@ import redis
 import yaml
 
 from tests.conftest import REDIS_SERVER, RedisProcess, free_port
+from tests.role.test_config_template import make_certificates
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
@@ -40,23 +41,6 @@ PROXY_ACL = ROLE_DEFAULTS["redis_server_proxy_acl"]
 
 pytestmark = [pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed"),
               pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (scripts/bootstrap-host.sh)")]
-
-
-def make_certificates(directory: Path) -> dict:
-    """A CA and one server certificate naming node-a, node-b and 127.0.0.1 (openssl, EC P-256)."""
-    directory.mkdir()
-    paths = {name: directory / name for name in ("ca.crt", "ca.key", "server.crt", "server.key", "server.csr")}
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    subprocess.run(["openssl", "req", "-x509", *ec, "-keyout", paths["ca.key"], "-out", paths["ca.crt"],
-                    "-subj", "/CN=proxy-test CA", "-days", "2"], check=True, capture_output=True)
-    subprocess.run(["openssl", "req", *ec, "-keyout", paths["server.key"], "-out", paths["server.csr"],
-                    "-subj", "/CN=node-a"], check=True, capture_output=True)
-    extensions = directory / "ext.cnf"
-    extensions.write_text("subjectAltName=DNS:node-a,DNS:node-b,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
-    subprocess.run(["openssl", "x509", "-req", "-in", paths["server.csr"], "-CA", paths["ca.crt"], "-CAkey",
-                    paths["ca.key"], "-CAcreateserial", "-out", paths["server.crt"], "-days", "2",
-                    "-extfile", extensions], check=True, capture_output=True)
-    return paths
 
 
 class Group:
@@ -327,7 +311,8 @@ def test_a_wrong_check_password_routes_nowhere(plain, tmp_path):
 
 @pytest.mark.parametrize("names_match", [True, False], ids=["certificate-names-the-server", "certificate-mismatch"])
 def test_tls_checks_and_traffic_verify_the_servers_certificate(tmp_path, names_match):
-    certificates = make_certificates(tmp_path / "tls")
+    # One server certificate naming node-a, node-b and 127.0.0.1.
+    certificates = make_certificates(tmp_path / "tls", "DNS:node-a,DNS:node-b,IP:127.0.0.1")
     group = Group(tmp_path, certificates).start()
     # Reached as 127.0.0.1, a server is checked against its inventory name: node-a and node-b are in the
     # certificate, rogue-a and rogue-b are not.
