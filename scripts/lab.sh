@@ -39,7 +39,8 @@ case "${1:-up}" in
       touch "$secrets"
       # URL-safe, 48 characters: usable as-is in redis://:password@host URLs.
       for name in LAB_REDIS_PASSWORD LAB_REDIS_ADMIN_PASSWORD LAB_REDIS_MONITOR_PASSWORD LAB_REDIS_BACKUP_PASSWORD \
-                  LAB_REDIS_REPLICATION_PASSWORD LAB_REDIS_SENTINEL_ACL_PASSWORD LAB_SENTINEL_PASSWORD LAB_HEALTH_PASSWORD; do
+                  LAB_REDIS_REPLICATION_PASSWORD LAB_REDIS_SENTINEL_ACL_PASSWORD LAB_SENTINEL_PASSWORD LAB_HEALTH_PASSWORD \
+                  LAB_REDIS_MAINTENANCE_PASSWORD; do
         grep -q "^$name=" "$secrets" || echo "$name=$(openssl rand -base64 36 | tr '+/' '-_')" >> "$secrets"
       done
     )

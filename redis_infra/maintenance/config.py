@@ -7,6 +7,7 @@
     backup_config = "/etc/redis-infra/backup/main.toml"                # optional: the drill's backups
     server = "/usr/bin/redis-server"                                   # optional: the drill's scratch server
     slow_ms = 100                                                      # the guide's slow-query threshold
+    latency_threshold_ms = 100    # optional: the instance's latency-monitor-threshold (else CONFIG GET)
 
     [slowlog]
     top = 10
@@ -71,6 +72,7 @@ class MaintenanceConfig:
     backup_config: str | None = None
     server: str | None = None
     slow_ms: float = 100.0
+    latency_threshold_ms: int | None = None
     slowlog_top: int = 10
     keys: KeysConfig = field(default_factory=KeysConfig)
     drill: DrillConfig = field(default_factory=DrillConfig)
@@ -89,7 +91,8 @@ class MaintenanceConfig:
 
 
 _TOP = {"instance": str, "connection_file": str, "report_dir": str, "status_file": str, "backup_config": str,
-        "server": str, "slow_ms": (int, float), "slowlog": dict, "keys": dict, "drill": dict}
+        "server": str, "slow_ms": (int, float), "latency_threshold_ms": int, "slowlog": dict, "keys": dict,
+        "drill": dict}
 _SLOWLOG = {"top": int}
 _KEYS = {"sample": int, "scan_count": int, "pause_ms": (int, float), "on_primary": bool, "big_keys": int,
          "expected_ttl": dict}
@@ -141,7 +144,8 @@ def parse(text: str, source: str = "<string>") -> MaintenanceConfig:
         source=source, instance=data["instance"], connection_file=data["connection_file"],
         report_dir=data.get("report_dir") or None, status_file=data.get("status_file") or None,
         backup_config=data.get("backup_config") or None, server=data.get("server") or None,
-        slow_ms=float(data.get("slow_ms", 100.0)), slowlog_top=int(slowlog.get("top", 10)),
+        slow_ms=float(data.get("slow_ms", 100.0)), latency_threshold_ms=data.get("latency_threshold_ms"),
+        slowlog_top=int(slowlog.get("top", 10)),
         keys=KeysConfig(**{**{k: v for k, v in keys.items() if k != "expected_ttl"}, "expected_ttl": dict(expected)}),
         drill=DrillConfig(**drill),
     )

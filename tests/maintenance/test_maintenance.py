@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from redis_infra.connection import load as load_connection
+from redis_infra.maintenance import REQUIRED_ACL
 from redis_infra.maintenance import config as maintenance_config
 from redis_infra.maintenance import drill as drill_module
 from tests.backup.conftest import fill
@@ -29,7 +30,10 @@ from tests.conftest import cluster_port
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "Maint-admin-s3cret-0815"
 SECRET_VALUE = "argument-that-must-not-reach-the-report"
-ADMIN = f"user admin on >{ADMIN_PASSWORD} ~* &* +@all\n"
+MAINT_PASSWORD = "Maint-user-s3cret-4711"
+# The routine runs as the least-privilege maintenance user, as the role deploys it; the tests seed as admin.
+ADMIN = (f"user admin on >{ADMIN_PASSWORD} ~* &* +@all\n"
+         f"user maintenance on >{MAINT_PASSWORD} {REQUIRED_ACL}\n")
 SERVER_EXTRA = ADMIN + "enable-debug-command yes\nlatency-monitor-threshold 50\nmaxmemory 64mb\n"
 
 
@@ -47,9 +51,9 @@ class Maint:
         self.env = env
         self.tmp = env.tmp
         self.port = port or env.server.port
-        self.connection = self.tmp / f"admin-{self.port}.toml"
+        self.connection = self.tmp / f"connection-{self.port}.toml"
         self.connection.write_text(f'name = "main"\nhost = "127.0.0.1"\nport = {self.port}\n'
-                                   f'username = "admin"\npassword = "{ADMIN_PASSWORD}"\n')
+                                   f'username = "maintenance"\npassword = "{MAINT_PASSWORD}"\n')
         self.connection.chmod(0o600)
         self.report_dir = self.tmp / f"report-{self.port}"
         self.status_file = self.tmp / f"maintenance-{self.port}.json"
@@ -58,8 +62,12 @@ class Maint:
         self.write()
 
     def write(self, extra: str = "", drill: str = "") -> None:
+        # The role writes the instance's latency-monitor-threshold (the maintenance user may not CONFIG GET).
+        admin = redis.Redis(port=self.port, username="admin", password=ADMIN_PASSWORD, decode_responses=True)
+        threshold = admin.config_get("latency-monitor-threshold")["latency-monitor-threshold"]
         self.config.write_text(
             f'instance = "main"\nconnection_file = "{self.connection}"\nreport_dir = "{self.report_dir}"\n'
+            f'latency_threshold_ms = {threshold}\n'
             f'status_file = "{self.status_file}"\nbackup_config = "{self.env.config_file}"\n{extra}\n'
             f'[keys]\nscan_count = 20\npause_ms = 1\n\n[drill]\nscratch_dir = "{self.scratch}"\n{drill}\n')
 
@@ -67,7 +75,7 @@ class Maint:
         proc = subprocess.run([sys.executable, "-m", "redis_infra.maintenance", "--config", str(self.config), *args],
                               cwd=REPO, capture_output=True, text=True, timeout=120,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
-        assert ADMIN_PASSWORD not in proc.stdout + proc.stderr
+        assert ADMIN_PASSWORD not in proc.stdout + proc.stderr and MAINT_PASSWORD not in proc.stdout + proc.stderr
         return proc
 
     def report(self) -> dict:
@@ -98,6 +106,25 @@ def seed(client: redis.Redis) -> None:
     pipe.rpush("queue:jobs:big", *range(5000))
     pipe.set("plainkey", SECRET_VALUE)
     pipe.execute()
+
+
+def test_maintenance_user_reads_and_may_not_write_configure_or_list(make_env):
+    """REQUIRED_ACL (redis_server_maintenance_acl): the reads the routine needs and nothing that writes,
+    reconfigures, reads the config (masterauth) or blocks the server."""
+    env = make_env(ADMIN)
+    admin = redis.Redis(port=env.server.port, username="admin", password=ADMIN_PASSWORD)
+    admin.set("cache:ai:1", "answer", ex=60)
+    maint = redis.Redis(port=env.server.port, username="maintenance", password=MAINT_PASSWORD)
+    assert maint.get("cache:ai:1") == b"answer" and maint.type("cache:ai:1") == b"string"
+    assert 0 < maint.pttl("cache:ai:1") <= 60_000 and maint.memory_usage("cache:ai:1") > 0
+    assert maint.info("memory")["used_memory"] > 0
+    for command in (("SET", "k", "v"), ("DEL", "cache:ai:1"), ("EXPIRE", "cache:ai:1", "1"), ("FLUSHALL",),
+                    ("CONFIG", "GET", "masterauth"), ("CONFIG", "SET", "maxmemory", "1"), ("KEYS", "*"),
+                    ("SLOWLOG", "RESET"), ("ACL", "LIST"), ("PUBLISH", "c", "m"),
+                    ("SHUTDOWN",), ("BGSAVE",), ("CLIENT", "LIST"), ("MONITOR",)):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            maint.execute_command(*command)
+    assert admin.get("cache:ai:1") == b"answer"
 
 
 def test_report_sections_on_a_seeded_instance(make_env, scratch_dir):

@@ -20,6 +20,7 @@ PASSWORDS = {
     "redis_server_admin_password": "admin-password-for-the-fast-tests-0123456789",
     "redis_server_monitor_password": "monitor-password-for-the-fast-tests-0123456789",
     "redis_server_backup_password": "backup-password-for-the-fast-tests-0123456789",
+    "redis_server_maintenance_password": "maintenance-password-for-the-fast-tests-0123456789",
 }
 CASES = {
     "development-redis": {"redis_server_profile": "development", "redis_server_engine": "redis"},
@@ -183,6 +184,11 @@ def test_acl_users_application_admin_and_monitor(tmp_path):
         for command in (["GET", "k"], ["KEYS", "*"], ["FLUSHALL"], ["CONFIG", "SET", "dir", "/tmp"]):
             with pytest.raises((redis.exceptions.NoPermissionError, redis.exceptions.ResponseError)):
                 backup.execute_command(*command)
+        maintenance = client("maintenance", PASSWORDS["redis_server_maintenance_password"])
+        assert maintenance.get("k") == "v" and maintenance.type("k") == "string"
+        for command in (["SET", "k", "x"], ["KEYS", "*"], ["FLUSHALL"], ["CONFIG", "GET", "masterauth"]):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                maintenance.execute_command(*command)
         acl_text = (rendered / "main.acl").read_text()
         assert not any(secret in acl_text for secret in PASSWORDS.values())
     finally:

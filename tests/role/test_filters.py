@@ -103,11 +103,12 @@ def test_argument_specs_and_defaults_list_the_same_variables():
 
 
 def test_tool_users_get_exactly_what_the_tools_declare():
-    from redis_infra import backup, health
+    from redis_infra import backup, health, maintenance
 
     defaults = yaml.safe_load((ROOT / "roles/redis_server/defaults/main.yml").read_text())
     assert defaults["redis_server_monitor_acl"].split() == health.REQUIRED_ACL.split()
     assert defaults["redis_server_backup_acl"].split() == backup.REQUIRED_ACL.split()
+    assert defaults["redis_server_maintenance_acl"].split() == maintenance.REQUIRED_ACL.split()
 
 
 @pytest.mark.parametrize(("facts", "expected"), [

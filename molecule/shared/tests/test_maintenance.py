@@ -41,7 +41,8 @@ def env(host):
             "backups": bool(variables.get("redis_server_backup_password")),
             "cli": tls_setup.cli(engine, variables), "admin": variables["redis_server_admin_password"],
             "secrets": [variables[name] for name in ("redis_server_password", "redis_server_admin_password",
-                                                     "redis_server_monitor_password", "redis_server_backup_password")
+                                                     "redis_server_monitor_password", "redis_server_backup_password",
+                                                     "redis_server_maintenance_password")
                         if variables.get(name)]}
 
 
@@ -77,6 +78,11 @@ def test_cron_file_and_configs_hold_no_secret(host, env):
                                         f"--sections {sections}")
         config = host.file(f"/etc/redis-infra/maintenance/{name}.toml")
         assert (config.mode, config.user) == (0o640, "root")
+        # The least-privilege maintenance user where its password is set, else the admin user.
+        user = "maintenance" if env["variables"].get("redis_server_maintenance_password") else "admin"
+        connection = f"/etc/redis-infra/connections/{name}-{user}.toml"
+        assert f'connection_file = "{connection}"' in config.content_string
+        assert (host.file(connection).mode, host.file(connection).user) == (0o600, "root")
         assert host.file(f"{MAINTENANCE_DIR}/{name}").mode == 0o700
         for secret in env["secrets"]:
             assert secret not in config.content_string and secret not in cron.content_string
