@@ -10,7 +10,9 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -775,13 +777,41 @@ def _stale(host):
     return [unit for unit, moment in started.items() if moment < installed]
 
 
+def _unit_started_now(name, unit):
+    shown = subprocess.run(["docker", "exec", name, "systemctl", "show", "-p", "ExecMainStartTimestampMonotonic",
+                            "--value", unit], capture_output=True, text=True, timeout=30, check=False).stdout.strip()
+    return int(shown) if shown.isdigit() else 0
+
+
+def _playbook_cut_off(path, names, unit, started, timeout=600):
+    """Runs a playbook and kills it with everything it started (SIGKILL to its process group: a controller
+    that died or lost its terminal) as soon as `unit` restarted on one of the hosts `names`. Returns that
+    host (None if none did), the playbook's exit status and its output."""
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(["ansible-playbook", "-i", INVENTORY, str(path)], stdout=out, stderr=subprocess.STDOUT,
+                                text=True, env=env, start_new_session=True)
+        cut, deadline = None, time.monotonic() + timeout
+        try:
+            while cut is None and proc.poll() is None and time.monotonic() < deadline:
+                cut = next((name for name in names if _unit_started_now(name, unit) > started[name]), None)
+                time.sleep(0.3)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        out.seek(0)
+        return cut, proc.returncode, out.read()
+
+
 def test_ha_upgrade_rolls_the_new_packages_replicas_first_under_load(hosts, addresses):
     """playbooks/upgrade.yml once a newer point release is in the sources: check mode says what it would
     do and changes nothing; the run takes a backup, installs the packages on every host with every
     service running on, restarts the replicas first and the primary after a Sentinel failover, then the
     Sentinels one at a time: one write outage, no write a replica acknowledged lost, one primary, and
-    nothing runs a replaced binary. A downgrade is refused before anything changes; a re-run changes
-    nothing."""
+    nothing runs a replaced binary. A run killed after the first replica's restart is finished by the
+    next one, which restarts nothing twice. A downgrade is refused before anything changes; a re-run
+    changes nothing."""
     upgrade = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "upgrade.yml")
     for name in hosts:
         subprocess.run(["docker", "exec", name, "sh", "-c",
@@ -804,10 +834,18 @@ def test_ha_upgrade_rolls_the_new_packages_replicas_first_under_load(hosts, addr
         return int(host.run(f"stat -c %Y {status} || echo 0").stdout.split()[0])
 
     backed_up = {name: backup_time(host) for name, host in hosts.items()}
+    replicas = [name for name in hosts if name != primary]
     with DurableWriter(addresses, "verify:upgrade", wait=True) as writer:
+        # The first run is cut off (killed) once a replica has restarted: the next run finishes the upgrade
+        # from what the hosts have and run, and restarts nothing twice.
+        cut, status, said = _playbook_cut_off(upgrade, replicas, units[0],
+                                              {name: started[name][units[0]] for name in replicas})
+        assert cut and status == -signal.SIGKILL, f"the run was not cut off after a replica's restart: {said[-3000:]}"
+        restarted_before_cut = _unit_started_now(cut, units[0])
         result = _playbook(upgrade)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
+    assert _unit_started_now(cut, units[0]) == restarted_before_cut, f"{cut} restarted again after the cut"
     after = {name: _installed(host) for name, host in hosts.items()}
     target = after[primary]["redis-server"]
     assert all(set(packages.values()) == {target} for packages in after.values()), after
