@@ -97,6 +97,13 @@ options:
     type: list
     elements: path
     default: []
+  units:
+    description:
+      - systemd units whose state is returned in RV(units), read with one C(systemctl show) after the writes
+        (instead of C(ansible.builtin.service_facts), which lists every unit of the host).
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -169,6 +176,14 @@ read:
       description: Whether this user may write it (false on a read-only file system, such as a container's /proc/sys).
       type: bool
       returned: always
+units:
+  description:
+    - One entry per O(units) name, in the shape of C(ansible_facts.services) entries.
+    - C(state) is V(running) when its process runs, V(failed), V(stopped) when inactive, else systemd's active
+      state (V(activating), V(deactivating), V(reloading)); C(status) is its unit file state (V(enabled),
+      V(disabled), V(static), empty for an unknown unit).
+  returned: always
+  type: dict
 changed_paths:
   description: The paths that changed (or would change in check mode).
   returned: always
@@ -358,6 +373,39 @@ class FilesModule(AnsibleModule):
         self.log(f"Invoked with paths={paths} read={self.params.get('read') or []}")
 
 
+UNIT_PROPERTIES = ("ActiveState", "SubState", "UnitFileState", "LoadState")
+
+
+def parse_unit_states(units: list[str], text: str) -> dict:
+    """`systemctl show --property=... UNIT...` prints one block of KEY=VALUE lines per unit, in the order of
+    the arguments, the blocks separated by an empty line."""
+    blocks = [dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+              for block in text.strip("\n").split("\n\n")] if text.strip() else []
+    if len(blocks) != len(units):
+        raise ValueError(f"systemctl show gave {len(blocks)} blocks for {len(units)} units")
+    states = {}
+    for unit, block in zip(units, blocks):  # noqa: B905 - the lengths are checked above; targets before 3.10
+        active, sub = block.get("ActiveState", ""), block.get("SubState", "")
+        state = ("running" if sub == "running" else "failed" if active == "failed"
+                 else "stopped" if active == "inactive" else active or "unknown")
+        states[unit] = {"name": unit, "state": state, "status": block.get("UnitFileState", ""),
+                        "active_state": active, "sub_state": sub, "load_state": block.get("LoadState", "")}
+    return states
+
+
+def unit_states(module, units: list[str]) -> dict:
+    if not units:
+        return {}
+    systemctl = module.get_bin_path("systemctl", required=True)
+    rc, out, err = module.run_command([systemctl, "show", "--property=" + ",".join(UNIT_PROPERTIES), "--", *units])
+    if rc != 0:
+        module.fail_json(msg=f"systemctl show {' '.join(units)} failed: {err.strip() or out.strip()}")
+    try:
+        return parse_unit_states(units, out)
+    except ValueError as error:
+        module.fail_json(msg=str(error))
+
+
 def main():
     module = FilesModule(
         argument_spec={
@@ -380,6 +428,7 @@ def main():
                 "settings": {"type": "list", "elements": "dict", "required": True},
             }},
             "read": {"type": "list", "elements": "path", "default": []},
+            "units": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -413,7 +462,7 @@ def main():
         read.append(found)
     changed_paths = [item["path"] for item in results + lines if item["changed"]]
     output = {"changed": bool(changed_paths), "files": results, "lines": lines, "read": read,
-              "changed_paths": changed_paths}
+              "units": unit_states(module, module.params["units"]), "changed_paths": changed_paths}
     if module._diff and diffs:
         output["diff"] = diffs
     module.exit_json(**output)

@@ -184,3 +184,58 @@ def test_the_invocation_logged_on_the_host_holds_no_content(tmp_path, monkeypatc
     assert results and results[0]["changed"] and (tmp_path / "conf").read_text().endswith(f"{SECRET}\n")
     assert logged and all(SECRET not in msg and base64.b64encode(SECRET.encode()).decode() not in msg
                           for msg in logged), logged
+
+
+# `systemctl show --property=ActiveState,SubState,UnitFileState,LoadState` on a lab container (Debian 12's
+# systemd 252) for a running instance, a stopped one, a failed one and a unit that does not exist.
+SYSTEMCTL_SHOW = """LoadState=loaded
+ActiveState=active
+SubState=running
+UnitFileState=enabled
+
+LoadState=loaded
+ActiveState=inactive
+SubState=dead
+UnitFileState=disabled
+
+LoadState=loaded
+ActiveState=failed
+SubState=failed
+UnitFileState=enabled
+
+LoadState=not-found
+ActiveState=inactive
+SubState=dead
+UnitFileState=
+"""
+
+
+def _module_source():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("redis_files_module", ROOT / "plugins/modules/redis_files.py")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+def test_unit_states_in_the_shape_of_service_facts():
+    units = ["redis-server@main.service", "redis-server@cache.service", "redis-sentinel.service", "gone.service"]
+    states = _module_source().parse_unit_states(units, SYSTEMCTL_SHOW)
+    assert {unit: (state["state"], state["status"]) for unit, state in states.items()} == {
+        "redis-server@main.service": ("running", "enabled"), "redis-server@cache.service": ("stopped", "disabled"),
+        "redis-sentinel.service": ("failed", "enabled"), "gone.service": ("stopped", "")}
+    with pytest.raises(ValueError, match="3 blocks for 4 units"):
+        _module_source().parse_unit_states(units, SYSTEMCTL_SHOW.rsplit("\n\n", 1)[0])
+
+
+def test_units_are_read_or_the_module_says_why_not():
+    """Where systemd runs, the state comes back; where it does not (this machine, CI's), the module fails
+    naming systemctl instead of guessing a state."""
+    result, output = module({"units": ["redis-infra-no-such.service"]})
+    if os.path.isdir("/run/systemd/system"):
+        assert not result.get("failed"), output
+        assert result["units"]["redis-infra-no-such.service"]["state"] == "stopped"
+    else:
+        assert result.get("failed"), output
+        assert "systemctl show redis-infra-no-such.service failed" in result["msg"]
