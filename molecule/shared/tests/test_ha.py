@@ -838,9 +838,9 @@ def test_ha_upgrade_rolls_the_new_packages_replicas_first_under_load(hosts, addr
     with DurableWriter(addresses, "verify:upgrade", wait=True) as writer:
         # The first run is cut off (killed) once a replica has restarted: the next run finishes the upgrade
         # from what the hosts have and run, and restarts nothing twice.
-        cut, status, said = _playbook_cut_off(upgrade, replicas, units[0],
+        cut, cut_rc, said = _playbook_cut_off(upgrade, replicas, units[0],
                                               {name: started[name][units[0]] for name in replicas})
-        assert cut and status == -signal.SIGKILL, f"the run was not cut off after a replica's restart: {said[-3000:]}"
+        assert cut and cut_rc == -signal.SIGKILL, f"the run was not cut off after a replica's restart: {said[-3000:]}"
         restarted_before_cut = _unit_started_now(cut, units[0])
         result = _playbook(upgrade)
     output = result.stdout + result.stderr
