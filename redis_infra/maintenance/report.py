@@ -23,8 +23,15 @@ def run(cfg: MaintenanceConfig, wanted: list[str], settings, clock=lambda: datet
     def connect(db: int = 0, decode: bool = False):
         # On a cluster node every connection (pipelines' too) says READONLY first: a replica of a cluster serves
         # reads only after it, and answers MOVED before.
-        return settings.client(timeout=60.0, decode_responses=decode, db=db,
-                               redis_connect_func=_readonly_on_connect if cluster_node else None)
+        client = settings.client(timeout=60.0, decode_responses=decode, db=db,
+                                 redis_connect_func=_readonly_on_connect if cluster_node else None)
+        # redis-py >= 5 names itself with CLIENT SETINFO on connect, which the maintenance user may not run
+        # (each refusal would land in the server's ACL LOG); set on the pool, as the health checker does.
+        kwargs = client.connection_pool.connection_kwargs
+        for key in ("driver_info", "lib_name", "lib_version"):
+            if key in kwargs:
+                kwargs[key] = None
+        return client
 
     started = clock()
     text = connect(decode=True)
