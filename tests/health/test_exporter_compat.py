@@ -102,6 +102,8 @@ CONTRACT: dict[str, dict[str, tuple[str, ...]]] = {
         "redis_evicted_keys_total": (),
         "redis_cluster_state": (),
         "redis_cluster_slots_ok": (),
+        "redis_cluster_enabled": (),
+        "redis_connected_slaves": (),
     },
     # This project's dashboard: files/grafana/redis-infra-health.json (likewise kept in step).
     "files/grafana/redis-infra-health.json": {

@@ -75,7 +75,7 @@ def test_the_role_derives_from_the_catalog_what_the_tests_read(tmp_path):
     # The instance model names each user's connection file: the one place its path is made.
     instance = json.loads((rendered / "instances.json").read_text())[0]
     assert instance["connection_files"] == {user: f"/etc/redis-infra/connections/main-{user}.toml"
-                                            for user in ("admin", "monitor", "backup")}
+                                            for user in ("admin", "monitor", "backup", "maintenance")}
     assert instance["backup_status_file"] == "/var/lib/redis-infra/backup-status/main.json"
     assert instance["replication_group"] is None and instance["expected_replicas"] is None, "not replicated"
 
