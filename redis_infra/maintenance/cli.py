@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from . import DEFAULT_CONFIG_DIR, OK, SECTIONS, MaintenanceError
+from . import DEFAULT_CONFIG_DIR, OK, REQUIRED_ACL, SECTIONS, MaintenanceError
 from . import config as config_module
 
 
@@ -20,9 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python3 -m redis_infra.maintenance",
         description="The maintenance routine of one Redis/Valkey instance: slow log, memory, latency, key "
                     "patterns and a backup drill. Exit codes: 0 passed, 1 a section failed, 2 bad config.")
-    parser.add_argument("--config", required=True, metavar="PATH",
-                        help=f"the instance's config (TOML; the role writes {DEFAULT_CONFIG_DIR}/NAME.toml)")
-    parser.add_argument("command", nargs="?", default="report", choices=["report"])
+    parser.add_argument("--config", metavar="PATH",
+                        help=f"the instance's config (TOML; the role writes {DEFAULT_CONFIG_DIR}/NAME.toml); "
+                             "required for report")
+    parser.add_argument("command", nargs="?", default="report", choices=["report", "acl"],
+                        help="report (default): run the routine; acl: print the ACL rules its user needs")
     parser.add_argument("--sections", default=",".join(SECTIONS), metavar="LIST",
                         help=f"comma-separated, of {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -31,7 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "acl":
+        print(REQUIRED_ACL)
+        return 0
+    if not args.config:
+        parser.print_usage(sys.stderr)
+        print("redis-infra-maintenance: --config is required for report", file=sys.stderr)
+        return 2
     wanted = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = sorted(set(wanted) - set(SECTIONS))
     if unknown or not wanted:

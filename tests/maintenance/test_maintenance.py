@@ -127,6 +127,18 @@ def test_maintenance_user_reads_and_may_not_write_configure_or_list(make_env):
     assert admin.get("cache:ai:1") == b"answer"
 
 
+def test_acl_command_prints_the_users_rules_and_report_needs_a_config():
+    """`redis-infra-maintenance acl` gives what to build the user from by hand (as the health checker's and the
+    backup tool's `acl` do); a report without --config says so in one line."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "redis_infra.maintenance", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    acl = run("acl")
+    assert acl.returncode == 0 and acl.stdout.strip() == REQUIRED_ACL
+    report = run()
+    assert report.returncode == 2 and "--config is required for report" in report.stderr
+
+
 def test_report_sections_on_a_seeded_instance(make_env, scratch_dir):
     env = make_env(SERVER_EXTRA)
     admin = redis.Redis(port=env.server.port, username="admin", password=ADMIN_PASSWORD, decode_responses=True)
