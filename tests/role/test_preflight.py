@@ -131,6 +131,10 @@ REFUSED = [
      {"redis_health_listen_port": 6379}, DEVELOPMENT),
     ("health interval negative", "redis_health", "redis_health_interval", {"redis_health_interval": -30}, DEVELOPMENT),
     # redis_backup
+    ("maintenance user without its password", "redis_maintenance", "redis_server_maintenance_password",
+     {"redis_maintenance_user": "maintenance"}, PRODUCTION),
+    ("maintenance as a user without the routine's commands", "redis_maintenance", "redis_maintenance_user",
+     {"redis_maintenance_user": "monitor"}, PRODUCTION),
     ("backup minute 60", "redis_backup", "redis_backup_schedule", {"redis_backup_schedule": "60 2 * * *"}, PRODUCTION),
     ("backup hour 24", "redis_backup", "redis_backup_schedule", {"redis_backup_schedule": "0 24 * * *"}, PRODUCTION),
     ("backup day of month 0", "redis_backup", "redis_backup_schedule", {"redis_backup_schedule": "0 2 0 * *"},
@@ -211,6 +215,9 @@ ACCEPTED = [
      {"redis_health_thresholds": {"memory_degraded_percent": 70, "last_save_degraded_seconds": 0,
                                   "ping_unhealthy_ms": 250.5}}, DEVELOPMENT),
     ("backup defaults", "redis_backup", {}, PRODUCTION),
+    ("maintenance as the admin user", "redis_maintenance", {}, PRODUCTION),
+    ("maintenance as the maintenance user", "redis_maintenance",
+     {"redis_server_maintenance_password": "maintenance" + LONG}, PRODUCTION),
     ("backup schedules with ranges, steps, lists and names", "redis_backup",
      {"redis_backup_schedule": "*/15 1-5,22 * jan-mar mon-fri",
       "redis_backup_instance_schedules": {"main": "30 02 1,15 * 7"}}, PRODUCTION),
@@ -226,7 +233,7 @@ ACCEPTED = [
 ]
 
 
-ROLES = ("redis_server", "redis_health", "redis_backup", "redis_sentinel", "redis_monitoring")
+ROLES = ("redis_server", "redis_health", "redis_backup", "redis_sentinel", "redis_monitoring", "redis_maintenance")
 
 
 def role_play(role: str) -> dict:
