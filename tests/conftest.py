@@ -43,9 +43,10 @@ def cluster_port() -> int:
 class RedisProcess:
     """A redis-server started from a config file, stopped by the fixture that made it."""
 
-    def __init__(self, workdir: Path, config_text: str, port: int):
+    def __init__(self, workdir: Path, config_text: str, port: int, args: tuple[str, ...] = ()):
         self.workdir = workdir
         self.port = port
+        self.args = args        # ("--sentinel",) for a Sentinel
         self.config = workdir / "redis.conf"
         self.config.write_text(config_text)
         self.log = workdir / "redis.log"
@@ -53,7 +54,7 @@ class RedisProcess:
 
     def start(self, timeout: float = 10.0) -> RedisProcess:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([REDIS_SERVER, str(self.config)], cwd=self.workdir,
+            self.proc = subprocess.Popen([REDIS_SERVER, str(self.config), *self.args], cwd=self.workdir,
                                          stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -100,6 +101,28 @@ def redis_factory(tmp_path):
         base = (f"port {port}\nbind 127.0.0.1\ndir {workdir}\nsave \"\"\nappendonly no\n"
                 f"daemonize no\nlogfile {workdir / 'redis.log'}\n")
         proc = RedisProcess(workdir, base + extra, port)
+        started.append(proc)
+        return proc.start()
+
+    yield make
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def sentinel_factory(tmp_path):
+    """Start Sentinels (redis-server --sentinel): `sentinel_factory(extra_config_lines)` returns a running
+    RedisProcess; each in its own directory on a free loopback port, stopped after the test."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    started: list[RedisProcess] = []
+
+    def make(extra: str = "") -> RedisProcess:
+        port = free_port()
+        workdir = tmp_path / f"sentinel-{port}"
+        workdir.mkdir()
+        base = f"port {port}\nbind 127.0.0.1\ndir {workdir}\ndaemonize no\nlogfile {workdir / 'redis.log'}\n"
+        proc = RedisProcess(workdir, base + extra, port, args=("--sentinel",))
         started.append(proc)
         return proc.start()
 

@@ -29,6 +29,17 @@ KEY_PATTERN = f"~{KEY_PREFIX}*"
 # build the user, e.g. `user monitor on >secret <REQUIRED_ACL>` in an ACL file.
 REQUIRED_ACL = " ".join(("-@all", *REQUIRED_COMMANDS, "resetkeys", KEY_PATTERN, "resetchannels"))
 
+# What the checker sends to the host's Sentinel ([sentinel] in its config), as Sentinel's own ACL user:
+# reads only. INFO lists the primaries it watches; SENTINEL REPLICAS, SENTINELS and CKQUORUM are asked
+# for each.
+SENTINEL_REQUIRED_COMMANDS: tuple[str, ...] = (
+    "+ping", "+info", "+auth", "+hello", "+client|setname",
+    "+sentinel|replicas", "+sentinel|sentinels", "+sentinel|ckquorum",
+)
+# That user's complete rule list on Sentinel (no keys, no channels): it cannot fail over, reconfigure
+# Sentinel (SENTINEL SET, MONITOR, REMOVE, RESET, FLUSHCONFIG), read its config or its ACLs.
+SENTINEL_REQUIRED_ACL = " ".join(("-@all", *SENTINEL_REQUIRED_COMMANDS, "resetkeys", "resetchannels"))
+
 # Name the checker gives its connections (CLIENT SETNAME), visible in CLIENT LIST and the slow log.
 CLIENT_NAME = "redis-infra-health"
 
@@ -55,6 +66,7 @@ def worst(statuses) -> str:
 
 __all__ = [
     "CLIENT_NAME", "DEFAULT_CONFIG_PATH", "DEFAULT_LISTEN_ADDRESS", "DEFAULT_LISTEN_PORT", "DEGRADED",
-    "HEALTHY", "KEY_PATTERN", "KEY_PREFIX", "REQUIRED_ACL", "REQUIRED_COMMANDS", "STATUS_CODES",
+    "HEALTHY", "KEY_PATTERN", "KEY_PREFIX", "REQUIRED_ACL", "REQUIRED_COMMANDS", "SENTINEL_REQUIRED_ACL",
+    "SENTINEL_REQUIRED_COMMANDS", "STATUS_CODES",
     "UNHEALTHY", "UNKNOWN", "worst",
 ]

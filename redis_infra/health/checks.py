@@ -85,6 +85,8 @@ class InstanceResult:
     replication_group: str | None = None
     timed_out: bool = False
     tls_certificate_expiry: float | None = None   # notAfter (epoch) of the certificate on the TLS port
+    kind: str = "redis"              # "redis", or "sentinel" for the host's Sentinel (sentinel.py)
+    sentinel: dict | None = None     # a Sentinel's view: {'masters': [...]} (sentinel.SentinelChecker)
 
     @property
     def status(self) -> str:
@@ -98,7 +100,9 @@ class InstanceResult:
 
     def to_dict(self) -> dict:
         kind, version = server_kind(self.info) if self.info else (None, None)
-        return {
+        if self.kind == "sentinel":
+            kind = f"{kind}-sentinel" if kind else "sentinel"
+        data = {
             "name": self.name,
             "status": self.status,
             "address": self.address,
@@ -110,6 +114,9 @@ class InstanceResult:
             "duration_ms": round(self.duration * 1000, 2),
             "checks": [check.to_dict() for check in self.checks],
         }
+        if self.sentinel is not None:
+            data["masters"] = self.sentinel.get("masters", [])
+        return data
 
 
 @dataclass(frozen=True)

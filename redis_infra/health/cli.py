@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 
-from . import DEFAULT_CONFIG_PATH, HEALTHY, REQUIRED_ACL, STATUS_CODES
+from . import DEFAULT_CONFIG_PATH, HEALTHY, REQUIRED_ACL, SENTINEL_REQUIRED_ACL, STATUS_CODES
 from .config import ConfigError, load_config
 
 PROG = "python3 -m redis_infra.health"
@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the full result as JSON")
     check.add_argument("--instance", action="append", metavar="NAME",
                        help="check only this instance (repeatable)")
-    sub.add_parser("acl", help="print the ACL rules the monitoring user needs")
+    acl = sub.add_parser("acl", help="print the ACL rules the monitoring user needs")
+    acl.add_argument("--sentinel", action="store_true", help="the rules of its user on Sentinel instead")
     hashing = sub.add_parser("hash-passwords", help="bcrypt the passwords of a JSON object {user: password} on "
                                                     "stdin; print {user: hash} as JSON")
     hashing.add_argument("--keep", metavar="WEB_CONFIG",
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "acl":
-        print(REQUIRED_ACL)
+        print(SENTINEL_REQUIRED_ACL if args.sentinel else REQUIRED_ACL)
         return 0
     if args.command == "hash-passwords":
         return hash_passwords(args.keep)

@@ -30,6 +30,11 @@ one-line message that names the file and the key; the CLI prints it and exits wi
     max_maintenance_age = 691200                                          # optional, seconds
     replication_group = "main"                                            # optional
     expected_replicas = 1                                                 # optional
+
+    [sentinel]                       # optional: the host's Sentinel, as its read-only ACL user
+    connection_file = "/etc/redis-infra/connections/sentinel-monitor.toml"
+    name = "sentinel"                # its name in the results (redis_instance label), default "sentinel"
+    masters = ["main"]               # primary names it must watch, optional
 """
 
 from __future__ import annotations
@@ -110,6 +115,14 @@ class InstanceConfig:
 
 
 @dataclass(frozen=True)
+class SentinelConfig:
+    """The host's Sentinel: checked like an instance, published under `name`."""
+    connection_file: str
+    name: str = "sentinel"
+    masters: tuple[str, ...] = ()       # primary names it must watch (the replication groups' instances)
+
+
+@dataclass(frozen=True)
 class WebhookConfig:
     url: str
     timeout: float = 5.0
@@ -132,6 +145,7 @@ class Config:
     log_level: str = "info"
     thresholds: Thresholds = field(default_factory=Thresholds)
     webhook: WebhookConfig | None = None
+    sentinel: SentinelConfig | None = None
     source: str = "<config>"
 
 
@@ -227,9 +241,10 @@ def _fmt(value: float) -> str:
 # --- the file ------------------------------------------------------------------------------------
 
 _TOP_KEYS = ("listen_address", "listen_port", "interval", "timeout", "http_max_connections",
-             "http_request_timeout", "web_config_file", "log_level", "thresholds", "webhook", "instances")
+             "http_request_timeout", "web_config_file", "log_level", "thresholds", "webhook", "instances", "sentinel")
 _INSTANCE_KEYS = ("name", "connection_file", "backup_status_file", "max_backup_age", "replication_group",
                   "expected_replicas", "maintenance_status_file", "max_maintenance_age")
+_SENTINEL_KEYS = ("connection_file", "name", "masters")
 _WEBHOOK_KEYS = ("url", "timeout", "retries", "backoff", "queue_size")
 
 
@@ -274,12 +289,14 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     webhook_table = top.table_of("webhook")
     webhook = _webhook(source, webhook_table) if webhook_table is not None else None
     instances = _instances(source, data.get("instances"))
+    sentinel_table = top.table_of("sentinel")
+    sentinel = _sentinel(source, sentinel_table, instances) if sentinel_table is not None else None
 
     return Config(instances=instances, listen_address=addresses[0], listen_port=listen_port,
                   interval=interval, timeout=timeout, http_max_connections=http_max,
                   http_request_timeout=request_timeout, web_config_file=web_config_file,
                   listen_addresses=addresses, log_level=log_level, thresholds=thresholds, webhook=webhook,
-                  source=source)
+                  sentinel=sentinel, source=source)
 
 
 def _addresses(top: _Reader) -> tuple[str, ...]:
@@ -325,6 +342,25 @@ def _webhook(source: str, table: dict) -> WebhookConfig:
         backoff=reader.number("backoff", 1.0, minimum=0.0, maximum=300),
         queue_size=reader.integer("queue_size", 100, minimum=1, maximum=100000),
     )
+
+
+def _sentinel(source: str, table: dict, instances: tuple[InstanceConfig, ...]) -> SentinelConfig:
+    reader = _Reader(source, table, "sentinel.")
+    reader.check_unknown(_SENTINEL_KEYS)
+    name = reader.string("name", "sentinel")
+    if not _INSTANCE_NAME.match(name):
+        raise reader.fail("name", f"must be 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit), "
+                                  f"got '{name}'")
+    if name in {instance.name for instance in instances}:
+        raise reader.fail("name", f"'{name}' is also an instance's name; the results would mix them")
+    masters = reader.table.get("masters", [])
+    reader.used.add("masters")
+    if not isinstance(masters, list) or not all(isinstance(m, str) and _INSTANCE_NAME.match(m) for m in masters):
+        raise reader.fail("masters", "must be a list of primary names (letters, digits, '_', '.', '-')")
+    if len(set(masters)) != len(masters):
+        raise reader.fail("masters", f"lists a name twice: {', '.join(masters)}")
+    return SentinelConfig(connection_file=reader.string("connection_file", required=True), name=name,
+                          masters=tuple(masters))
 
 
 def _instances(source: str, value) -> tuple[InstanceConfig, ...]:

@@ -170,10 +170,18 @@ def build_families(results, webhook_stats: dict[str, float] | None = None) -> li
 
 def _instance_families(out: _Families, result) -> None:
     base = {INSTANCE_LABEL: result.name}
+    if result.kind == "sentinel":
+        _checker_families(out, result, base)
+        _sentinel_families(out, result, base)
+        return
     out.gauge("redis_up", "Whether the last check could connect, authenticate and read INFO", base,
               1 if result.up else 0)
+    _checker_families(out, result, base)
+    _redis_families(out, result, base)
 
-    # the checker's own series
+
+def _checker_families(out: _Families, result, base: dict[str, str]) -> None:
+    """The checker's own series about one instance (or the Sentinel)."""
     for check in result.checks:
         out.gauge("redis_infra_health_status", "Check status: 0 healthy, 1 degraded, 2 unhealthy",
                   {**base, "check": check.name}, STATUS_CODES.get(check.status, 2))
@@ -194,6 +202,9 @@ def _instance_families(out: _Families, result) -> None:
                 counters.get("commands"))
     out.counter("redis_infra_slow_queries_total", "Slow-log entries at or above the slow query threshold", base,
                 counters.get("slow_queries"))
+
+
+def _redis_families(out: _Families, result, base: dict[str, str]) -> None:
     if result.backup is not None:
         backup = result.backup
         out.gauge("redis_infra_backup_age_seconds", "Age of the last successful backup", base, backup.get("age"))
@@ -286,6 +297,35 @@ def _instance_families(out: _Families, result) -> None:
     out.gauge("redis_slowlog_last_id", "Id of the newest slow-log entry", base, result.slowlog_last_id)
     out.gauge("redis_last_slow_execution_duration_seconds", "Duration of the newest slow-log entry", base,
               result.last_slow_duration)
+
+
+def _sentinel_families(out: _Families, result, base: dict[str, str]) -> None:
+    """A Sentinel's series, with redis_exporter's names and labels for a Sentinel target."""
+    out.gauge("redis_infra_sentinel_up", "Whether the last check could connect to the host's Sentinel, "
+              "authenticate and read INFO", base, 1 if result.up else 0)
+    info = result.info
+    if not info:
+        return
+    for field in ("sentinel_masters", "sentinel_tilt", "sentinel_running_scripts", "sentinel_scripts_queue_length",
+                  "sentinel_simulate_failure_flags"):
+        if field in info:
+            out.gauge(f"redis_{field}", f"{field} (Sentinel's INFO)", base, _value(info[field]))
+    for master in (result.sentinel or {}).get("masters", []):
+        labels = {**base, "master_name": master["name"], "master_address": master["address"]}
+        out.gauge("redis_sentinel_master_status",
+                  "Status of the primary in this Sentinel's view: 1 ok, 0 sdown or odown",
+                  {**labels, "master_status": master["status"]}, 1 if master["status"] == "ok" else 0)
+        out.gauge("redis_sentinel_master_slaves", "Replicas of the primary known to Sentinel", labels, master["slaves"])
+        out.gauge("redis_sentinel_master_sentinels", "Sentinels watching the primary (this one included)", labels,
+                  master["sentinels"])
+        out.gauge("redis_sentinel_master_ok_slaves", "Replicas of the primary not down in Sentinel's view", labels,
+                  master["ok_slaves"])
+        out.gauge("redis_sentinel_master_ok_sentinels", "Sentinels watching the primary not down (this one included)",
+                  labels, master["ok_sentinels"])
+        out.gauge("redis_sentinel_master_ckquorum_status",
+                  "Whether Sentinel can reach the quorum and authorise a failover of the primary (SENTINEL CKQUORUM)",
+                  {**base, "master_name": master["name"], "message": master["ckquorum_message"]},
+                  1 if master["ckquorum_ok"] else 0)
 
 
 class ResultsCollector:

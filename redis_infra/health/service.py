@@ -36,6 +36,7 @@ from . import HEALTHY, STATUS_CODES, UNHEALTHY, UNKNOWN, worst
 from .checks import InstanceChecker, InstanceResult, _iso
 from .config import Config
 from .metrics import CONTENT_TYPE, make_registry, render
+from .sentinel import SentinelChecker
 from .web import BasicAuth, WebConfig
 
 log = logging.getLogger("redis_infra.health")
@@ -74,6 +75,8 @@ class Monitor:
         self.config = config
         self.notifier = notifier
         self.checkers = [InstanceChecker(instance, config) for instance in config.instances]
+        if config.sentinel is not None:
+            self.checkers.append(SentinelChecker(config.sentinel, config))
         self._pending: dict[str, _Pending] = {}
         self._last_status: dict[tuple[str, str], str] = {}
         self._stop = threading.Event()
@@ -124,7 +127,7 @@ class Monitor:
                 results.append(checker.timed_out_result(pending.started_wall, waited))
         return self.publish(results)
 
-    def _start(self, checker: InstanceChecker) -> _Pending:
+    def _start(self, checker: InstanceChecker | SentinelChecker) -> _Pending:
         pending = _Pending()
 
         def work():

@@ -8,6 +8,8 @@ import pytest
 from health_helpers import (
     ACL_LINE,
     MONITOR_PASSWORD,
+    SENTINEL_ACL_LINE,
+    SENTINEL_PASSWORD,
     Instance,
     RunningChecker,
     write_connection_file,
@@ -26,6 +28,22 @@ def make_instance(redis_factory, tmp_path):
         conn_file = write_connection_file(tmp_path / f"conn-{name}-{proc.port}.toml", name, proc.port,
                                           username, password)
         return Instance(name, proc, conn_file)
+    return make
+
+
+@pytest.fixture
+def make_sentinels(sentinel_factory, tmp_path):
+    """Start Sentinels watching a primary as `main` (requirepass, and the checker's user from
+    SENTINEL_REQUIRED_ACL); returns Instances whose connection files log in as that user."""
+    def make(primary_port: int, count: int = 2, quorum: int = 2, down_after: int = 1000) -> list[Instance]:
+        sentinels = []
+        for _ in range(count):
+            proc = sentinel_factory(f'requirepass "{SENTINEL_PASSWORD}"\n{SENTINEL_ACL_LINE}'
+                                    f"sentinel monitor main 127.0.0.1 {primary_port} {quorum}\n"
+                                    f"sentinel down-after-milliseconds main {down_after}\n")
+            conn_file = write_connection_file(tmp_path / f"conn-sentinel-{proc.port}.toml", "sentinel", proc.port)
+            sentinels.append(Instance("sentinel", proc, conn_file, {"password": SENTINEL_PASSWORD}))
+        return sentinels
     return make
 
 

@@ -20,10 +20,13 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:   # the package is not installed in the test venv
     sys.path.insert(0, str(REPO))
 
-from redis_infra.health import REQUIRED_ACL  # noqa: E402
+from redis_infra.health import REQUIRED_ACL, SENTINEL_REQUIRED_ACL  # noqa: E402
 
 MONITOR_PASSWORD = "monitor-secret"
 ACL_LINE = f"user monitor on >{MONITOR_PASSWORD} {REQUIRED_ACL}\n"
+# Sentinels: their clients' password (requirepass, also used between them) and the checker's user.
+SENTINEL_PASSWORD = "sentinel-secret"
+SENTINEL_ACL_LINE = f"user monitor on >{MONITOR_PASSWORD} {SENTINEL_REQUIRED_ACL}\n"
 FAST = {"interval": 0.3, "timeout": 0.5}
 
 
@@ -61,6 +64,8 @@ def write_connection_file(path: Path, name: str, port: int, username: str | None
 
 
 def _toml(value) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -69,10 +74,10 @@ def _toml(value) -> str:
 
 
 def write_health_config(path: Path, instances: list[dict], thresholds: dict | None = None,
-                        webhook: dict | None = None, **top) -> Path:
+                        webhook: dict | None = None, sentinel: dict | None = None, **top) -> Path:
     settings = {**FAST, "listen_port": 9122, **top}
     lines = [f"{key} = {_toml(value)}" for key, value in settings.items()]
-    for title, table in (("thresholds", thresholds), ("webhook", webhook)):
+    for title, table in (("thresholds", thresholds), ("webhook", webhook), ("sentinel", sentinel)):
         if table:
             lines.append(f"[{title}]")
             lines += [f"{key} = {_toml(value)}" for key, value in table.items()]

@@ -104,6 +104,7 @@ CONTRACT: dict[str, dict[str, tuple[str, ...]]] = {
         "redis_cluster_slots_ok": (),
         "redis_cluster_enabled": (),
         "redis_connected_slaves": (),
+        "redis_sentinel_master_ckquorum_status": ("master_name", "message"),
     },
     # This project's dashboard: files/grafana/redis-infra-health.json (likewise kept in step).
     "files/grafana/redis-infra-health.json": {
@@ -135,9 +136,17 @@ CONTRACT: dict[str, dict[str, tuple[str, ...]]] = {
         "redis_cluster_slots_ok": (),
         "redis_cluster_slots_pfail": (),
         "redis_cluster_slots_fail": (),
+        "redis_sentinel_master_ckquorum_status": ("master_name",),
+        "redis_sentinel_master_ok_slaves": ("master_name",),
+        "redis_sentinel_master_ok_sentinels": ("master_name",),
+        "redis_sentinel_master_status": ("master_name", "master_status"),
     },
 }
-CONTRACT_METRICS = sorted({metric for group in CONTRACT.values() for metric in group})
+ALL_CONTRACT_METRICS = {metric for group in CONTRACT.values() for metric in group}
+# A Sentinel's series are compared on a Sentinel (test_checker_matches_redis_exporter_on_a_sentinel), the
+# others on the Redis instances of `reads`.
+SENTINEL_CONTRACT_METRICS = sorted(metric for metric in ALL_CONTRACT_METRICS if metric.startswith("redis_sentinel_"))
+CONTRACT_METRICS = sorted(ALL_CONTRACT_METRICS - set(SENTINEL_CONTRACT_METRICS))
 
 # --- differences on purpose (docs/health.md, "Compatibility with redis_exporter") ------------------
 # Labels only the checker has. redis_instance is on every series: one checker serves all the instances
@@ -269,10 +278,10 @@ class ExporterProcess:
     """prometheus-redis-exporter on a free loopback port, as the `exporter` ACL user (password in its
     environment, not on its command line); /metrics scrapes `target`, /scrape?target= any other."""
 
-    def __init__(self, workdir, target_port: int):
+    def __init__(self, workdir, target_port: int, user: str = EXPORTER_USER, password: str = EXPORTER_PASSWORD):
         self.port = free_port()
         self.log = workdir / f"exporter-{self.port}.log"
-        env = {"PATH": "/usr/bin:/bin", "REDIS_USER": EXPORTER_USER, "REDIS_PASSWORD": EXPORTER_PASSWORD}
+        env = {"PATH": "/usr/bin:/bin", "REDIS_PASSWORD": password, **({"REDIS_USER": user} if user else {})}
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [EXPORTER, f"--redis.addr=redis://127.0.0.1:{target_port}",
@@ -324,8 +333,8 @@ def start_exporter(tmp_path):
     """Start prometheus-redis-exporter processes for a Redis port; all stopped after the test."""
     started: list[ExporterProcess] = []
 
-    def start(target_port: int) -> ExporterProcess:
-        exporter = ExporterProcess(tmp_path, target_port)
+    def start(target_port: int, **login) -> ExporterProcess:
+        exporter = ExporterProcess(tmp_path, target_port, **login)
         started.append(exporter)
         return exporter.wait_ready()
 
@@ -559,3 +568,46 @@ def test_checker_matches_redis_exporter(reads):
     problems = _contract_problems(reads) + _common_metric_problems(reads)
     assert problems == [], (f"redis_exporter {reads.exporter_version}, reads {reads.elapsed * 1000:.0f} ms apart:\n"
                             + "\n".join(problems))
+
+
+@requires_exporter
+def test_checker_matches_redis_exporter_on_a_sentinel(make_instance, make_sentinels, health_config, start_exporter):
+    """The exporter (as Sentinel's default user) and the checker (as its read-only user) read one of two
+    Sentinels that watch a primary with a replica: every redis_sentinel_* series of either, with the same
+    TYPE, labels and value; the contract's Sentinel metrics among them."""
+    primary = make_instance(name="main", extra="repl-diskless-sync-delay 0\n")
+    replica = make_instance(name="replica", extra=f"replicaof 127.0.0.1 {primary.port}\n")
+    _wait(lambda: replica.admin().info("replication").get("master_link_status") == "up", "the replica to sync")
+    sentinel, _ = make_sentinels(primary.port)
+
+    def settled() -> bool:
+        master = sentinel.admin().execute_command("SENTINEL", "MASTER", "main")
+        return int(master["num-slaves"]) == 1 and int(master["num-other-sentinels"]) == 1
+    _wait(settled, "the Sentinel to find the replica and the other Sentinel", 20)
+    exporter = start_exporter(sentinel.port, user="", password=sentinel.admin_options["password"])
+    config, _ = health_config([primary], sentinel={"connection_file": str(sentinel.conn_file)}, interval=30)
+    from redis_infra.health.service import Monitor
+
+    theirs = parse_exposition(exporter.scrape())
+    ours = parse_exposition(Monitor(config).run_once().metrics_body.decode(), "sentinel")
+    exporter.stop()
+    names = sorted(name for name in theirs.series.keys() | ours.series.keys() if name.startswith("redis_sentinel_"))
+    problems = []
+    for metric in names:
+        if metric not in ours.series or metric not in theirs.series:
+            problems.append(f"{metric} only from the {'exporter' if metric in theirs.series else 'checker'}")
+        elif theirs.types[metric] != ours.types[metric]:
+            problems.append(f"{metric} is a {theirs.types[metric]} for the exporter, a {ours.types[metric]} for us")
+        elif theirs.series[metric] != ours.series[metric]:
+            problems.append(f"{metric}: exporter {theirs.series[metric]}, checker {ours.series[metric]}")
+    assert problems == []
+    assert set(SENTINEL_CONTRACT_METRICS) <= set(names)
+    address = f"127.0.0.1:{primary.port}"
+    assert ours.value("redis_sentinel_master_ok_slaves", master_name="main", master_address=address) == 1
+    assert ours.value("redis_sentinel_master_ok_sentinels", master_name="main", master_address=address) == 2
+    assert ours.value("redis_sentinel_master_status", master_name="main", master_address=address,
+                      master_status="ok") == 1
+    # the exporter asks a Sentinel for LATENCY LATEST too, which Sentinel does not have; nothing else failed
+    errors = [line for line in exporter.log.read_text(errors="replace").splitlines()
+              if "level=error" in line and "unknown command 'LATENCY'" not in line]
+    assert errors == [], exporter.log_tail()

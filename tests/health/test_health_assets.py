@@ -123,10 +123,10 @@ def test_dashboard_is_valid_grafana_json():
 # --- a real scrape with everything present --------------------------------------------------------
 
 @pytest.fixture
-def scrape(make_instance, make_tls_instance, health_config, tmp_path):
+def scrape(make_instance, make_tls_instance, make_sentinels, health_config, tmp_path):
     """/metrics of a checker watching a primary and its replica (same replication group), each with a
-    backup and a maintenance status file, after a slow query and a few keys; and an instance that serves
-    only TLS."""
+    backup and a maintenance status file, after a slow query and a few keys; an instance that serves
+    only TLS; a one-node cluster; and a Sentinel that watches the primary."""
     primary = make_instance(name="primary", extra="repl-diskless-sync-delay 0\nenable-debug-command yes\n"
                                                   "maxmemory 64mb\nappendonly yes\n")
     replica = make_instance(name="replica", extra=f"replicaof 127.0.0.1 {primary.port}\n")
@@ -161,6 +161,7 @@ def scrape(make_instance, make_tls_instance, health_config, tmp_path):
     while "cluster_state:ok" not in node.admin().execute_command("CLUSTER", "INFO"):
         assert time.monotonic() < deadline + 10, "the one-node cluster never got ok"
         time.sleep(0.05)
+    (sentinel,) = make_sentinels(primary.port, count=1, quorum=1)
     config, _ = health_config([
         {"name": "primary", "connection_file": str(primary.conn_file), "backup_status_file": str(ok),
          "maintenance_status_file": str(maintenance["primary"]), "replication_group": "main"},
@@ -168,7 +169,7 @@ def scrape(make_instance, make_tls_instance, health_config, tmp_path):
          "maintenance_status_file": str(maintenance["replica"]), "replication_group": "main"},
         make_tls_instance(name="secure"),
         node,
-    ])
+    ], sentinel={"connection_file": str(sentinel.conn_file), "masters": ["main"]})
     monitor = Monitor(config)
     monitor.run_once()
     admin.execute_command("DEBUG", "SLEEP", "0.15")
