@@ -33,6 +33,7 @@ def _render(tmp_path, **overrides) -> None:
         "redis_health_listen_address": "10.0.0.5", "redis_health_listen_port": 9122, "redis_health_interval": 30,
         "redis_health_thresholds": {"memory_degraded_percent": 80}, "redis_health_webhook_url": "",
         "redis_health_backup_check": False, "redis_health_maintenance_check": False,
+        "redis_health_sentinel_check": False,
         "redis_health_tls_cert_file": "/etc/redis-infra/tls/health.crt",
         "redis_health_tls_key_file": "/etc/redis-infra/tls/health.key",
         "redis_health_basic_auth_users": {"prometheus": "scrape-pass"},
@@ -99,3 +100,18 @@ def test_role_template_names_the_status_files_when_the_checks_are_on(tmp_path):
     assert instance.backup_status_file == "/var/lib/redis-infra/backup-status/main.json"
     assert instance.maintenance_status_file == "/var/lib/redis-infra/maintenance/main.json"
     assert instance.max_maintenance_age is None        # the checker's default: 8 days
+
+
+@pytest.mark.skipif(ANSIBLE is None, reason="ansible-playbook is not installed")
+def test_role_template_names_the_sentinel_and_the_primaries_it_must_watch(tmp_path):
+    # the default: off on a host outside the Sentinel group (localhost here), whatever the password
+    _render(tmp_path, redis_health_sentinel_check=_default("redis_health_sentinel_check"),
+            redis_server_monitor_password="monitor-secret")
+    assert load_config(str(tmp_path / "health.toml")).sentinel is None
+    _render(tmp_path, redis_health_sentinel_check=True, redis_server_instance_model=[
+        {"name": "main", "connection_files": {"monitor": "/c/main.toml"}, "replication_group": "redis_primary.main",
+         "expected_replicas": 2},
+        {"name": "cache", "connection_files": {"monitor": "/c/cache.toml"}, "replication_group": None}])
+    sentinel = load_config(str(tmp_path / "health.toml")).sentinel
+    assert sentinel.connection_file == "/etc/redis-infra/connections/sentinel-monitor.toml"
+    assert (sentinel.name, sentinel.masters) == ("sentinel", ("main",))

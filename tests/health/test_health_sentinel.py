@@ -177,3 +177,11 @@ def test_a_sentinel_table_is_read():
         ("sentinel", "/s", ("main",))
     assert parse_config('[[instances]]\nname = "main"\nconnection_file = "/c"\n', "h.toml").sentinel is None
 
+
+
+def test_the_sentinel_role_gives_the_checkers_user_exactly_these_rules():
+    import yaml
+    from health_helpers import REPO
+
+    rules = yaml.safe_load((REPO / "roles/redis_sentinel/vars/main.yml").read_text())["_redis_sentinel_monitor_acl"]
+    assert " ".join(rules.split()) == SENTINEL_REQUIRED_ACL

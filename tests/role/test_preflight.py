@@ -162,6 +162,12 @@ REFUSED = [
     ("Sentinel parallel syncs zero", "redis_sentinel", "redis_sentinel_parallel_syncs",
      {"redis_sentinel_parallel_syncs": 0}, SENTINEL),
     ("Sentinel quorum zero", "redis_sentinel", "redis_sentinel_quorum", {"redis_sentinel_quorum": 0}, SENTINEL),
+    ("Sentinel monitoring user named default", "redis_sentinel", "redis_sentinel_monitor_user",
+     {"redis_sentinel_monitor_user": "default"}, SENTINEL),
+    ("Sentinel monitoring password short in production", "redis_sentinel", "redis_sentinel_monitor_password",
+     {"redis_sentinel_monitor_password": "short"}, SENTINEL),
+    ("Sentinel monitoring password Sentinel's own", "redis_sentinel", "redis_sentinel_monitor_password",
+     {"redis_sentinel_monitor_password": "sentinel-client" + LONG}, SENTINEL),
 ]
 # The Molecule cases, against the production inventory most scenarios use (each case that needs the
 # development profile sets it).
@@ -222,6 +228,10 @@ ACCEPTED = [
      {"redis_backup_schedule": "*/15 1-5,22 * jan-mar mon-fri",
       "redis_backup_instance_schedules": {"main": "30 02 1,15 * 7"}}, PRODUCTION),
     ("Sentinel defaults", "redis_sentinel", {}, SENTINEL),
+    ("Sentinel without the checker's user", "redis_sentinel", {"redis_sentinel_monitor_password": ""}, SENTINEL),
+    ("Sentinel with the checker's user of its own", "redis_sentinel",
+     {"redis_sentinel_monitor_user": "sentinel-monitor", "redis_sentinel_monitor_password": "sentinel-monitor" + LONG},
+     SENTINEL),
     ("Sentinel with its own addresses and timings", "redis_sentinel",
      {"redis_sentinel_bind": ["127.0.0.1", "10.0.0.5"], "redis_sentinel_quorum": 1,
       "redis_sentinel_down_after_milliseconds": "3000"}, SENTINEL),

@@ -184,12 +184,16 @@ def test_summary_lists_primary_replicas_and_sentinels(hosts, addresses):
 
 
 
-def _instance_info(host):
-    """The redis_instance_info line of the host's health checker (from inside the container), or ''."""
+def _checker(host, path="/metrics"):
+    """A page of the host's health checker (from inside the container), or ''."""
     script = ("import urllib.request\n"
-              "print(urllib.request.urlopen('http://127.0.0.1:9122/metrics', timeout=5).read().decode())")
-    result = host.run(f"python3 -c {shlex.quote(script)}")
-    return next((line for line in result.stdout.splitlines() if line.startswith("redis_instance_info{")), "")
+              f"print(urllib.request.urlopen('http://127.0.0.1:9122{path}', timeout=5).read().decode())")
+    return host.run(f"python3 -c {shlex.quote(script)}").stdout
+
+
+def _instance_info(host):
+    """The redis_instance_info line of the host's health checker, or ''."""
+    return next((line for line in _checker(host).splitlines() if line.startswith("redis_instance_info{")), "")
 
 
 def test_health_checkers_label_the_replication_group_with_one_primary(hosts):
@@ -203,6 +207,52 @@ def test_health_checkers_label_the_replication_group_with_one_primary(hosts):
     else:
         pytest.fail(f"a checker does not label the replication group: {lines}")
     assert sum('role="master"' in line for line in lines.values()) == 1, lines
+
+def _sentinel_view(host) -> dict[str, dict]:
+    """The host's checker's redis_sentinel_* series for the primary: {metric: {labels..., value}}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    view = {}
+    for family in text_string_to_metric_families(_checker(host)):
+        for sample in family.samples:
+            if sample.name.startswith(("redis_sentinel_master_", "redis_infra_sentinel_up")):
+                view[sample.name] = dict(sample.labels, value=sample.value)
+    return view
+
+
+def test_health_checkers_read_their_sentinel_as_its_read_only_user(hosts, addresses):
+    """Every host's checker reads its own Sentinel: the primary ok, both replicas and the three Sentinels
+    up, a failover can be authorised. The user it logs in as may read, not fail over or reconfigure."""
+    primary = f"{addresses[current_primary(hosts)]}:{PORT}"
+    want = {"redis_infra_sentinel_up": 1, "redis_sentinel_master_ok_slaves": 2,
+            "redis_sentinel_master_ok_sentinels": len(SENTINELS), "redis_sentinel_master_ckquorum_status": 1,
+            "redis_sentinel_master_status": 1}
+    views = {}
+    for _ in deadline(60):
+        views = {name: _sentinel_view(hosts[name]) for name in SENTINELS}
+        if all({metric: view.get(metric, {}).get("value") for metric in want} == want for view in views.values()):
+            break
+    else:
+        pytest.fail(f"a checker does not see its Sentinel healthy: {views}")
+    for name, view in views.items():
+        assert view["redis_sentinel_master_status"]["master_address"] == primary, (name, view)
+        assert view["redis_sentinel_master_status"]["master_name"] == NAME
+        health = json.loads(_checker(hosts[name], "/api/health"))
+        assert health["instances"] == {NAME: "healthy", "sentinel": "healthy"}, (name, health)
+        connection = hosts[name].file("/etc/redis-infra/connections/sentinel-monitor.toml")
+        assert (connection.user, connection.group, connection.mode) == ("root", "redis-health", 0o640), name
+        assert 'username = "monitor"' in connection.content_string
+    host = hosts[SENTINELS[0]]
+    password = VARIABLES["redis_server_monitor_password"]
+    assert cli(host, "SENTINEL", "CKQUORUM", NAME, user="monitor", password=password, port=SENTINEL_PORT).startswith("OK")
+    for command in (["SENTINEL", "FAILOVER", NAME], ["SENTINEL", "SET", NAME, "quorum", "1"], ["SENTINEL", "RESET", "*"],
+                    ["SENTINEL", "FLUSHCONFIG"], ["SENTINEL", "MASTER", NAME], ["ACL", "LIST"], ["SHUTDOWN"]):
+        reply = cli(host, *command, user="monitor", password=password, port=SENTINEL_PORT)
+        assert "NOPERM" in reply, (command, reply)
+    # Sentinel saved the user with the password's hash, never the password
+    conf = host.file("/etc/redis/sentinel.conf").content_string
+    assert re.search(r"^user monitor on .*#[0-9a-f]{64}", conf, re.M) and password not in conf
+
 
 def _playbook(path, *args, timeout=900):
     command = ["ansible-playbook", "-i", INVENTORY, str(path), *args]

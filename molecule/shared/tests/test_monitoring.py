@@ -239,7 +239,8 @@ def test_slow_command_pages_the_webhook(sink, redis_host):
 # Panels whose series exist only where an instance is a replica or has replicas, or is a cluster node: this
 # scenario has one standalone instance. The metrics contract test (tests/health/test_health_assets.py) shows
 # that the checker exports each of them where it applies.
-NEEDS_REPLICATION = ("redis_master_link_up", "redis_connected_slave_lag_seconds", "redis_cluster_")
+NEEDS_REPLICATION = ("redis_master_link_up", "redis_connected_slave_lag_seconds", "redis_cluster_", "redis_sentinel_",
+                     "redis_infra_sentinel_")
 
 
 def test_grafana_provisioning_and_every_dashboard_query_returns_data(host):
