@@ -16,6 +16,11 @@ With --fault replica-link, each trial instead breaks a replica's link to its pri
 then CLIENT KILL TYPE master; the admin password comes from REDIS_ADMIN_PASSWORD, never argv) and times
 RedisReplicationBroken; the replica's masterauth is put back to repair it.
 
+With --fault sentinel-down, each trial stops the Sentinel of a Redis host that is not a primary and times
+RedisSentinelDown for it; with --fault sentinel-quorum, it stops the Sentinels of every other host, so that
+the target's Sentinel can no longer get a failover authorised, and times RedisSentinelQuorumLost on the
+target. The Sentinels are started again to repair it (no failover can start meanwhile: the primary stays up).
+
 Every wait is bounded (--timeout), the sink and any stopped instance or broken link are restored on exit.
 
   scripts/bench-alerts.py --inventory ~/.ansible/tmp/molecule.XXXX.lab/inventory --trials 3
@@ -97,7 +102,8 @@ def settings(monitor: str, target: str) -> dict:
         "checker_interval": find(r"(?m)^interval\s*=\s*(\d+)", checker),
         "scrape_interval": find(r"scrape_interval: (\S+)", config),
         "evaluation_interval": find(r"evaluation_interval: (\S+)", config),
-        "for": {name: durations.get(name, "?") for name in ("RedisDown", "RedisReplicationBroken")},
+        "for": {name: durations.get(name, "?") for name in ("RedisDown", "RedisReplicationBroken", "RedisSentinelDown",
+                                                             "RedisSentinelQuorumLost")},
         "group_wait": find(r"group_wait: (\S+)", alertmanager),
         "group_interval": find(r"group_interval: (\S+)", alertmanager),
     }
@@ -108,8 +114,10 @@ def main() -> int:
     parser.add_argument("--inventory", required=True, help="the inventory the containers were converged with")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--instance", default="main")
-    parser.add_argument("--fault", choices=["redis-down", "replica-link"], default="redis-down",
-                        help="stop the instance (RedisDown), or break a replica's link (RedisReplicationBroken)")
+    parser.add_argument("--fault", choices=["redis-down", "replica-link", "sentinel-down", "sentinel-quorum"],
+                        default="redis-down",
+                        help="stop the instance (RedisDown), break a replica's link (RedisReplicationBroken), stop "
+                             "its Sentinel (RedisSentinelDown) or the other hosts' Sentinels (RedisSentinelQuorumLost)")
     parser.add_argument("--timeout", type=float, default=420, help="longest wait for one notification, seconds")
     args = parser.parse_args()
 
@@ -148,6 +156,20 @@ def main() -> int:
 
         def repair() -> None:
             sh(target, f"systemctl start {unit}", check=False)
+    elif args.fault.startswith("sentinel-"):
+        sentinels = hosts.get("redis_sentinel", [])
+        if target not in sentinels:
+            sys.exit(f"bench-alerts: --fault {args.fault} needs a Sentinel on {target} (group redis_sentinel)")
+        stopped = [target] if args.fault == "sentinel-down" else [h for h in sentinels if h != target]
+        alertname = "RedisSentinelDown" if args.fault == "sentinel-down" else "RedisSentinelQuorumLost"
+
+        def break_it() -> None:
+            for host in stopped:
+                sh(host, "systemctl stop redis-sentinel.service")
+
+        def repair() -> None:
+            for host in stopped:
+                sh(host, "systemctl start redis-sentinel.service", check=False)
     else:
         # The replica's link to its primary: a wrong masterauth, and the link cut so that it must
         # authenticate again; the password it had is put back (and a converge would put it back too).
