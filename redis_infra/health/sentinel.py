@@ -144,9 +144,9 @@ class SentinelChecker:
             ping_seconds = time.monotonic() - t0
             info = parse_info(_text(session.call("INFO")))
             masters = watched_masters(info)
-            replies = session.pipeline(*[(*prefix, master["name"]) for master in masters
-                                         for prefix in (("SENTINEL", "REPLICAS"), ("SENTINEL", "SENTINELS"),
-                                                        ("SENTINEL", "CKQUORUM"))])
+            asks = [(*prefix, master["name"]) for master in masters
+                    for prefix in (("SENTINEL", "REPLICAS"), ("SENTINEL", "SENTINELS"), ("SENTINEL", "CKQUORUM"))]
+            replies = session.pipeline(*asks) if asks else []
         except Exception as exc:
             if session is not None:
                 self.state.counters["commands"] += session.commands

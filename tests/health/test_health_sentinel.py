@@ -185,3 +185,17 @@ def test_the_sentinel_role_gives_the_checkers_user_exactly_these_rules():
 
     rules = yaml.safe_load((REPO / "roles/redis_sentinel/vars/main.yml").read_text())["_redis_sentinel_monitor_acl"]
     assert " ".join(rules.split()) == SENTINEL_REQUIRED_ACL
+
+
+def test_a_sentinel_that_watches_nothing_is_degraded_when_it_must_watch_a_primary(make_instance, sentinel_factory,
+                                                                                 health_config):
+    from health_helpers import SENTINEL_ACL_LINE, write_connection_file
+
+    proc = sentinel_factory(SENTINEL_ACL_LINE)
+    conn = write_connection_file(proc.workdir / "conn.toml", "sentinel", proc.port)
+    config, _ = health_config([make_instance(name="main")], sentinel={"connection_file": str(conn),
+                                                                       "masters": ["main"]})
+    result = Monitor(config).run_once().results[-1]
+    assert result.up and result.check("sentinel").status == "degraded"
+    assert result.check("sentinel").reason == "does not watch main"
+    assert result.sentinel == {"masters": []}

@@ -246,10 +246,14 @@ def test_health_checkers_read_their_sentinel_as_its_read_only_user(hosts, addres
         assert 'username = "monitor"' in connection.content_string
     host = hosts[SENTINELS[0]]
     password = VARIABLES["redis_server_monitor_password"]
-    assert cli(host, "SENTINEL", "CKQUORUM", NAME, user="monitor", password=password, port=SENTINEL_PORT).startswith("OK")
-    for command in (["SENTINEL", "FAILOVER", NAME], ["SENTINEL", "SET", NAME, "quorum", "1"], ["SENTINEL", "RESET", "*"],
-                    ["SENTINEL", "FLUSHCONFIG"], ["SENTINEL", "MASTER", NAME], ["ACL", "LIST"], ["SHUTDOWN"]):
-        reply = cli(host, *command, user="monitor", password=password, port=SENTINEL_PORT)
+    def as_monitor(*command):
+        return cli(host, *command, user="monitor", password=password, port=SENTINEL_PORT)
+
+    assert as_monitor("SENTINEL", "CKQUORUM", NAME).startswith("OK")
+    for command in (["SENTINEL", "FAILOVER", NAME], ["SENTINEL", "SET", NAME, "quorum", "1"],
+                    ["SENTINEL", "RESET", "*"], ["SENTINEL", "FLUSHCONFIG"], ["SENTINEL", "MASTER", NAME],
+                    ["ACL", "LIST"], ["SHUTDOWN"]):
+        reply = as_monitor(*command)
         assert "NOPERM" in reply, (command, reply)
     # Sentinel saved the user with the password's hash, never the password
     conf = host.file("/etc/redis/sentinel.conf").content_string
