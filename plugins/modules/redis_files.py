@@ -104,6 +104,14 @@ options:
     type: list
     elements: str
     default: []
+  packages:
+    description:
+      - Debian packages whose installed version is returned in RV(packages), read with one C(dpkg-query), so that a
+        role runs C(ansible.builtin.apt) (about 1.5 s even when nothing is missing) only for packages that are not
+        installed.
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -182,6 +190,12 @@ units:
     - C(state) is V(running) when its process runs, V(failed), V(stopped) when inactive, else systemd's active
       state (V(activating), V(deactivating), V(reloading)); C(status) is its unit file state (V(enabled),
       V(disabled), V(static), empty for an unknown unit).
+  returned: always
+  type: dict
+packages:
+  description:
+    - One entry per O(packages) name, its installed version, or V(null) when it is not installed (unknown, removed,
+      or only its configuration files are left).
   returned: always
   type: dict
 changed_paths:
@@ -393,6 +407,33 @@ def parse_unit_states(units: list[str], text: str) -> dict:
     return states
 
 
+def parse_package_versions(packages: list[str], text: str) -> dict:
+    """`dpkg-query -W -f '${Package}\\t${db:Status-Abbrev}\\t${Version}\\n' PACKAGE...` -> {package: version or
+    None}. A package is installed when its status abbreviation starts with "ii" (wanted and installed) or
+    "hi" (held); architecture-qualified names (name:amd64) count for their name."""
+    versions = dict.fromkeys(packages)
+    for line in text.splitlines():
+        fields = line.split("\t")
+        if len(fields) != 3:
+            continue
+        name, status, version = fields[0].split(":")[0], fields[1], fields[2]
+        if name in versions and status[:2] in ("ii", "hi") and version:
+            versions[name] = version
+    return versions
+
+
+def package_versions(module, packages: list[str]) -> dict:
+    if not packages:
+        return {}
+    dpkg_query = module.get_bin_path("dpkg-query", required=True)
+    # Exit code 1 with "no packages found matching" for a package dpkg has never heard of: not an error here.
+    rc, out, err = module.run_command([dpkg_query, "-W", "-f", "${Package}\t${db:Status-Abbrev}\t${Version}\n",
+                                       "--", *packages])
+    if rc not in (0, 1):
+        module.fail_json(msg=f"dpkg-query -W {' '.join(packages)} failed: {err.strip() or out.strip()}")
+    return parse_package_versions(packages, out)
+
+
 def unit_states(module, units: list[str]) -> dict:
     if not units:
         return {}
@@ -429,6 +470,7 @@ def main():
             }},
             "read": {"type": "list", "elements": "path", "default": []},
             "units": {"type": "list", "elements": "str", "default": []},
+            "packages": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -462,7 +504,8 @@ def main():
         read.append(found)
     changed_paths = [item["path"] for item in results + lines if item["changed"]]
     output = {"changed": bool(changed_paths), "files": results, "lines": lines, "read": read,
-              "units": unit_states(module, module.params["units"]), "changed_paths": changed_paths}
+              "units": unit_states(module, module.params["units"]),
+              "packages": package_versions(module, module.params["packages"]), "changed_paths": changed_paths}
     if module._diff and diffs:
         output["diff"] = diffs
     module.exit_json(**output)

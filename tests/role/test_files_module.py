@@ -239,3 +239,24 @@ def test_units_are_read_or_the_module_says_why_not():
     else:
         assert result.get("failed"), output
         assert "systemctl show redis-infra-no-such.service failed" in result["msg"]
+
+
+def test_package_versions_count_installed_and_held_packages_only():
+    text = ("redis-server\tii \t5:7.0.15-1~deb12u10\n"
+            "redis-tools\thi \t5:7.0.15-1~deb12u10\n"
+            "redis-sentinel\trc \t5:7.0.15-1~deb12u10\n"     # removed, its configuration left
+            "libfoo:amd64\tii \t1.2\n"
+            "valkey-server\tun \t\n")
+    versions = _module_source().parse_package_versions(
+        ["redis-server", "redis-tools", "redis-sentinel", "libfoo", "valkey-server", "never-heard-of"], text)
+    assert versions == {"redis-server": "5:7.0.15-1~deb12u10", "redis-tools": "5:7.0.15-1~deb12u10",
+                        "redis-sentinel": None, "libfoo": "1.2", "valkey-server": None, "never-heard-of": None}
+
+
+def test_packages_are_read_with_one_dpkg_query_and_an_unknown_one_is_not_an_error():
+    """This machine is Debian: dpkg-query knows python3, and has never heard of the other package."""
+    result, output = module({"packages": ["python3", "redis-infra-no-such-package"]})
+    assert not result.get("failed"), output
+    assert result["packages"]["python3"].startswith("3.")
+    assert result["packages"]["redis-infra-no-such-package"] is None
+    assert result["changed"] is False
