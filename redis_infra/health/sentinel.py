@@ -51,7 +51,7 @@ def watched_masters(info: dict[str, str]) -> list[dict[str, str]]:
             entry = parse_kv(value)
             if entry.get("name"):
                 found.append((int(key[6:]), entry))
-    return [entry for _, entry in sorted(found, key=lambda item: item[0])]
+    return [entry for _index, entry in sorted(found, key=lambda item: item[0])]
 
 
 def count_ok(reply) -> int | None:
