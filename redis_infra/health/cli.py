@@ -99,12 +99,14 @@ def hash_passwords(keep: str | None, stdin=None, out=None) -> int:
 def _only(config, names: list[str]):
     from dataclasses import replace
 
-    known = {instance.name for instance in config.instances}
+    sentinel = config.sentinel.name if config.sentinel is not None else None
+    known = {instance.name for instance in config.instances} | ({sentinel} if sentinel else set())
     unknown = [name for name in names if name not in known]
     if unknown:
         raise ConfigError(f"{config.source}: --instance '{unknown[0]}' is not configured "
                           f"(configured: {', '.join(sorted(known))})")
-    return replace(config, instances=tuple(i for i in config.instances if i.name in names))
+    return replace(config, instances=tuple(i for i in config.instances if i.name in names),
+                   sentinel=config.sentinel if sentinel in names else None)
 
 
 def run_check(config, as_json: bool = False, out=None) -> int:

@@ -199,3 +199,20 @@ def test_a_sentinel_that_watches_nothing_is_degraded_when_it_must_watch_a_primar
     assert result.up and result.check("sentinel").status == "degraded"
     assert result.check("sentinel").reason == "does not watch main"
     assert result.sentinel == {"masters": []}
+
+
+def test_check_of_one_instance_leaves_the_sentinel_out_unless_named(group, health_config):
+    """`check --instance main` answers for main alone; naming the Sentinel too (or alone) checks it."""
+    from health_helpers import run_cli
+
+    primary, _, (sentinel, other) = group
+    other.proc.stop()
+    sentinel.proc.stop()        # a Sentinel down: degraded, but only where it is asked for
+    _, path = health_config([primary], sentinel={"connection_file": str(sentinel.conn_file)})
+    alone = run_cli("check", "--config", str(path), "--instance", "main")
+    assert alone.returncode == 0 and "sentinel" not in alone.stdout, alone.stdout
+    both = run_cli("check", "--config", str(path), "--instance", "main", "--instance", "sentinel")
+    assert both.returncode == 1 and "sentinel connection: degraded" in both.stdout, both.stdout
+    only = run_cli("check", "--config", str(path), "--instance", "sentinel")
+    assert only.returncode == 1 and "main" not in only.stdout.split("|")[0], only.stdout
+    assert run_cli("acl", "--sentinel").stdout.strip() == SENTINEL_REQUIRED_ACL
