@@ -96,12 +96,12 @@ def decided(tmp_path_factory) -> dict:
     names = json.dumps(list(hosts))
     plays = [
         {"hosts": "cases", "gather_facts": False, "tasks": [
-            {"name": "The bootstrap template was skipped (the file is Sentinel's)", "ansible.builtin.debug": {"msg": ""},
-             "when": False, "register": "__redis_sentinel_bootstrap"},
+            {"name": "The bootstrap template was skipped (the file is Sentinel's)",
+             "ansible.builtin.debug": {"msg": ""}, "when": False, "register": "__redis_sentinel_bootstrap"},
             _task()]},
         {"hosts": "localhost", "gather_facts": False, "tasks": [{"ansible.builtin.copy": {
-            "content": f"{{{{ dict({names} | zip({names} | map('extract', hostvars, '__redis_sentinel_monitor_commands')))"
-                       " | to_json }}", "dest": str(out), "mode": "0600"}}]},
+            "content": f"{{{{ dict({names} | zip({names} | map('extract', hostvars,"
+                       " '__redis_sentinel_monitor_commands'))) | to_json }}", "dest": str(out), "mode": "0600"}}]},
     ]
     (tmp / "play.yml").write_text(json.dumps(plays))
     (tmp / "inventory.yml").write_text(json.dumps({"all": {"hosts": {"localhost": local},
