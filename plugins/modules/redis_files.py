@@ -198,6 +198,11 @@ packages:
       or only its configuration files are left).
   returned: always
   type: dict
+missing_packages:
+  description: The O(packages) that are not installed, in their order (what C(ansible.builtin.apt) has to install).
+  returned: always
+  type: list
+  elements: str
 changed_paths:
   description: The paths that changed (or would change in check mode).
   returned: always
@@ -503,9 +508,11 @@ def main():
             found["checksum"] = hashlib.sha1(data, usedforsecurity=False).hexdigest()
         read.append(found)
     changed_paths = [item["path"] for item in results + lines if item["changed"]]
+    packages = package_versions(module, module.params["packages"])
     output = {"changed": bool(changed_paths), "files": results, "lines": lines, "read": read,
               "units": unit_states(module, module.params["units"]),
-              "packages": package_versions(module, module.params["packages"]), "changed_paths": changed_paths}
+              "packages": packages, "missing_packages": [name for name, version in packages.items() if not version],
+              "changed_paths": changed_paths}
     if module._diff and diffs:
         output["diff"] = diffs
     module.exit_json(**output)

@@ -259,4 +259,5 @@ def test_packages_are_read_with_one_dpkg_query_and_an_unknown_one_is_not_an_erro
     assert not result.get("failed"), output
     assert result["packages"]["python3"].startswith("3.")
     assert result["packages"]["redis-infra-no-such-package"] is None
+    assert result["missing_packages"] == ["redis-infra-no-such-package"]
     assert result["changed"] is False

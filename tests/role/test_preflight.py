@@ -25,6 +25,7 @@ from preflight_cases import FAILURE_MESSAGE  # noqa: E402
 from test_redis_server import BAD_INPUT, DEBIAN12_ONLY  # noqa: E402
 
 from redis_infra.health.config import THRESHOLD_DEFAULTS  # noqa: E402
+from tests.role import task_named  # noqa: E402
 from tests.role.catalog import PROFILES, RULES  # noqa: E402
 
 ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
@@ -323,16 +324,7 @@ def test_good_input_passes(outcomes, name):
 
 
 def _task_vars(path: str, task_name: str) -> dict:
-    def find(tasks):
-        for task in tasks:
-            if task.get("name") == task_name:
-                return task
-            found = find(task.get("block", []))
-            if found:
-                return found
-        return None
-
-    return find(yaml.safe_load((ROOT / path).read_text()))["vars"]
+    return task_named(path, task_name)["vars"]
 
 
 def test_every_setting_has_a_rule():

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.role import task_named
+
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 TASK = "Work out what the health checker's user on Sentinel needs"
@@ -45,16 +47,7 @@ def saved(user: str, *passwords: str) -> str:
 
 
 def _task() -> dict:
-    def find(tasks):
-        for task in tasks:
-            if task.get("name") == TASK:
-                return task
-            found = find(task.get("block", []))
-            if found:
-                return found
-        return None
-
-    task = copy.deepcopy(find(yaml.safe_load((ROOT / "roles/redis_sentinel/tasks/service.yml").read_text())))
+    task = copy.deepcopy(task_named("roles/redis_sentinel/tasks/service.yml", TASK))
     task.pop("no_log", None)
     return task
 
