@@ -9,8 +9,19 @@ Measures, with the settings the inventory deployed:
              acknowledged with WAIT 1; checks that every acknowledged write is on the final primary.
   static     the same for a converge of playbooks/redis.yml that changes a static setting (tcp-backlog,
              alternating between two values each round): the restarts it rolls over every host.
+  stress     seconds of steady writes on a primary under stress: a dataset of --dataset-mb loaded first,
+             a BGSAVE and an AOF rewrite every --stress-interval seconds, and a CPU hog (one busy loop
+             per core of the machine) in the primary's container. Counts the Sentinels' +sdown and
+             +odown events for the primary and any failover: both must be zero.
 
-Passwords come from the environment, never argv: REDIS_PASSWORD (the application's), SENTINEL_PASSWORD.
+Every Sentinel's events (its Pub/Sub channels) are recorded while the benchmark runs: each failover
+trial reports when the Sentinels first published +sdown, +odown, +try-failover, +elected-leader,
++selected-slave, +promoted-slave and +switch-master for the primary, counted from the pause, so that
+the failover time is explained, not only measured.
+
+Passwords come from the environment, never argv: REDIS_PASSWORD (the application's), SENTINEL_PASSWORD,
+and for --stress REDIS_ADMIN_PASSWORD (BGSAVE and BGREWRITEAOF, sent by redis-cli on the primary's
+unix socket inside its container, the password in redis-cli's environment).
 Containers are found by address with `docker inspect`; run it on the machine that runs them.
 With TLS on (the production profile: the instances' and Sentinels' ports serve TLS only), pass the
 CA certificate the hosts' certificates chain to, as on the controller: <inventory dir>/../<inventory
@@ -114,9 +125,87 @@ class Topology:
         return False
 
 
-def failover_trials(topology, trials, pause_seconds):
+# The failover's steps as Sentinel publishes them, in the order they happen.
+FAILOVER_EVENTS = ("+sdown", "+odown", "+try-failover", "+elected-leader", "+selected-slave", "+promoted-slave",
+                   "+switch-master")
+
+
+class SentinelEvents:
+    """Every Sentinel's Pub/Sub events (PSUBSCRIBE *), with the monotonic time each arrived.
+
+    One thread per Sentinel; a Sentinel that stops answering (its host paused) is reconnected to when it
+    comes back. Events about the primary are those whose message starts with `master <name> `
+    (+sdown, +odown) or names the primary (+switch-master <name> ...; the failover's own events carry
+    the primary's name after the instance type)."""
+
+    def __init__(self, topology):
+        self.topology = topology
+        self.events = []  # (monotonic time, sentinel address, event, message)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.listen, args=(address,), daemon=True)
+                        for address in topology.sentinels]
+        for thread in self.threads:
+            thread.start()
+
+    def listen(self, address):
+        while not self.stop.is_set():
+            try:
+                pubsub = self.topology.sentinel(address, 2).pubsub(ignore_subscribe_messages=True)
+                pubsub.psubscribe("*")
+                while not self.stop.is_set():
+                    message = pubsub.get_message(timeout=0.2)
+                    if message:
+                        with self.lock:
+                            self.events.append((time.monotonic(), address, message["channel"], message["data"]))
+            except (redis.RedisError, OSError):
+                time.sleep(0.5)
+
+    def about_primary(self, since, until=None):
+        """Events of the primary's group between two moments, oldest first, as (time, sentinel, event,
+        subject): subject "master" for the primary itself (`master <name> <ip> <port>`), "replica" for one
+        of its replicas (`slave <ip:port> <ip> <port> @ <name> ...`, as +selected-slave and
+        +promoted-slave are), "switch" for +switch-master (`<name> <old ip> <old port> <new ip> ...`)."""
+        name = self.topology.master
+        with self.lock:
+            events = list(self.events)
+        found = []
+        for moment, address, event, data in events:
+            if moment < since or (until is not None and moment > until):
+                continue
+            words = str(data).split()
+            if event == "+switch-master" and words[:1] == [name]:
+                subject = "switch"
+            elif words[:2] == ["master", name]:
+                subject = "master"
+            elif words[:1] == ["slave"] and "@" in words and words[words.index("@") + 1:][:1] == [name]:
+                subject = "replica"
+            else:
+                continue
+            found.append((moment, address, event, subject))
+        return found
+
+    def timeline(self, since, until):
+        """Seconds from `since` to the first event of each failover step (+sdown and +odown of the primary
+        itself, not of a replica)."""
+        first = {}
+        for moment, _, event, subject in self.about_primary(since, until):
+            if event in ("+sdown", "+odown") and subject != "master":
+                continue
+            if event in FAILOVER_EVENTS and event not in first:
+                first[event] = round(moment - since, 2)
+        return {event: first[event] for event in FAILOVER_EVENTS if event in first}
+
+    def close(self):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=3)
+
+
+def failover_trials(topology, trials, pause_seconds, events):
     containers = containers_by_address()
     figures = []
+    timelines = []
     for trial in range(1, trials + 1):
         old = topology.primary()
         container = containers[old[0]]
@@ -140,14 +229,19 @@ def failover_trials(topology, trials, pause_seconds):
             subprocess.run(["docker", "unpause", container], check=False, stdout=subprocess.DEVNULL)
         if elapsed is None:
             print(f"trial {trial}: no write succeeded on a new primary within 60 s", flush=True)
-            return figures
+            return figures, timelines
         figures.append(elapsed)
-        print(f"trial {trial}: {old[0]} paused, write on {topology.primary()[0]} after {elapsed:.2f} s", flush=True)
+        timeline = events.timeline(stopped, stopped + elapsed + 1)
+        timeline["write"] = round(elapsed, 2)
+        timelines.append(timeline)
+        steps = ", ".join(f"{event} {seconds:.2f}" for event, seconds in timeline.items())
+        print(f"trial {trial}: {old[0]} paused, write on {topology.primary()[0]} after {elapsed:.2f} s ({steps})",
+              flush=True)
         if not topology.wait_settled(old):
             print(f"trial {trial}: {old[0]} did not settle as a replica", flush=True)
-            return figures
+            return figures, timelines
         time.sleep(3)
-    return figures
+    return figures, timelines
 
 
 class Writer(threading.Thread):
@@ -210,6 +304,99 @@ def steady(topology, seconds):
     print(f"steady: {seconds} s, {len(writer.acknowledged)} acknowledged writes, {len(writer.failures)} failed, "
           f"primary {before[0]} -> {after[0]}", flush=True)
     return before == after and not writer.failures
+
+
+def admin_cli(container, instance, *command):
+    """redis-cli as the admin user on the instance's unix socket inside its container; the password in
+    redis-cli's environment (REDISCLI_AUTH), never in argv."""
+    argv = ["docker", "exec", "-e", "REDISCLI_AUTH", container, "redis-cli", "--no-auth-warning", "--user", "admin",
+            "-s", f"/run/redis-{instance}/redis-server.sock", *command]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
+                            env={**os.environ, "REDISCLI_AUTH": os.environ.get("REDIS_ADMIN_PASSWORD", "")})
+    answer = result.stdout.strip()
+    if result.returncode != 0 or answer.startswith(("ERR", "NOPERM", "WRONGPASS", "NOAUTH")):
+        raise RuntimeError(f"{' '.join(command)} on {container}: {answer or result.stderr.strip()}")
+    return answer
+
+
+STRESS_PREFIX = "bench:stress:"
+STRESS_VALUE_BYTES = 64 * 1024
+
+
+def load_dataset(topology, megabytes):
+    """Random (incompressible) 64 KiB values under bench:stress:* on the primary, until `megabytes` are
+    written, then WAIT for both replicas. Returns the number of keys."""
+    client = topology.client(topology.primary(), 30)
+    count = megabytes * 1024 * 1024 // STRESS_VALUE_BYTES
+    for start in range(0, count, 64):
+        pipe = client.pipeline(transaction=False)
+        for number in range(start, min(start + 64, count)):
+            pipe.set(f"{STRESS_PREFIX}{number}", os.urandom(STRESS_VALUE_BYTES))
+        pipe.execute()
+    client.execute_command("WAIT", len(topology.sentinels) - 1, 120000)
+    return count
+
+
+def drop_dataset(topology, count):
+    client = topology.client(topology.primary(), 30)
+    for start in range(0, count, 500):
+        client.unlink(*(f"{STRESS_PREFIX}{number}" for number in range(start, min(start + 500, count))))
+
+
+def stress(topology, seconds, megabytes, interval, events):
+    """Steady writes on a primary under a dataset, forks and a CPU hog; no Sentinel may flag it down."""
+    primary = topology.primary()
+    container = containers_by_address()[primary[0]]
+    instance = topology.master
+    started = time.monotonic()
+    count = load_dataset(topology, megabytes)
+    loaded = time.monotonic() - started
+    used = topology.client(primary, 5).info("memory")["used_memory_human"]
+    forks_before = int(topology.client(primary, 5).info("stats")["total_forks"])
+    print(f"stress: {count} keys ({megabytes} MiB) loaded in {loaded:.1f} s, used_memory {used}", flush=True)
+    cores = os.cpu_count() or 1
+    # The hogs end by themselves (timeout), whatever happens to this script.
+    for _ in range(cores):
+        subprocess.run(["docker", "exec", "-d", container, "timeout", str(seconds), "sh", "-c", "while :; do :; done"],
+                       check=True)
+    writer = Writer(topology)
+    writer.start()
+    since = time.monotonic()
+    end = since + seconds
+    rounds, skipped, errors = 0, 0, []
+    while time.monotonic() < end:
+        for command in (("BGSAVE", "SCHEDULE"), ("BGREWRITEAOF",)):
+            try:
+                admin_cli(container, instance, *command)
+            except RuntimeError as error:
+                # A rewrite still running from the round before (a slow disk) is not the benchmark's fault.
+                if "already in progress" in str(error):
+                    skipped += 1
+                else:
+                    errors.append(str(error))
+        rounds += 1
+        time.sleep(max(0.0, min(interval, end - time.monotonic())))
+    writer.stop.set()
+    writer.join()
+    time.sleep(2)
+    after = topology.primary()
+    info = topology.client(after, 5).info()
+    forks = int(info["total_forks"]) - forks_before
+    flagged = [(round(moment - since, 2), address, event) for moment, address, event, subject
+               in events.about_primary(since) if subject == "master" and event in ("+sdown", "+odown")]
+    failovers = [event for _, _, event, _ in events.about_primary(since) if event == "+switch-master"]
+    result = {"seconds": seconds, "dataset_mb": megabytes, "load_seconds": round(loaded, 1), "cpu_hogs": cores,
+              "bgsave_and_rewrite_rounds": rounds,
+              "skipped_already_running": skipped, "forks": forks, "latest_fork_usec": int(info["latest_fork_usec"]),
+              "acknowledged": len(writer.acknowledged), "failed": len(writer.failures),
+              "longest_outage": round(longest_outage(writer.failures), 2), "primary_sdown_odown": flagged,
+              "failovers": len(failovers), "primary_changed": after != primary, "errors": errors}
+    print(f"stress: {seconds} s, {rounds} BGSAVE + BGREWRITEAOF rounds ({forks} forks, last fork "
+          f"{result['latest_fork_usec']} us), {cores} CPU hogs, {len(writer.acknowledged)} acknowledged writes, "
+          f"{len(writer.failures)} failed (longest outage {result['longest_outage']} s), "
+          f"+sdown/+odown of the primary: {len(flagged)}, failovers: {len(failovers)}", flush=True)
+    drop_dataset(topology, count)
+    return result
 
 
 def rolling(topology, inventory):
@@ -281,7 +468,14 @@ def main():
     parser.add_argument("--rolling-inventory", help="inventory for playbooks/rolling_restart.yml")
     parser.add_argument("--static-inventory", help="inventory for converges of playbooks/redis.yml (static change)")
     parser.add_argument("--static-rounds", type=int, default=3)
+    parser.add_argument("--stress", type=int, default=0,
+                        help="seconds of steady load on a primary under a dataset, forks and a CPU hog")
+    parser.add_argument("--dataset-mb", type=int, default=1024, help="size of the dataset --stress loads first")
+    parser.add_argument("--stress-interval", type=float, default=30.0,
+                        help="seconds between the BGSAVE + BGREWRITEAOF rounds of --stress")
     args = parser.parse_args()
+    if args.stress and not os.environ.get("REDIS_ADMIN_PASSWORD"):
+        parser.error("--stress sends BGSAVE and BGREWRITEAOF as the admin user: set REDIS_ADMIN_PASSWORD")
     if args.tls_ca_file and not os.access(args.tls_ca_file, os.R_OK):
         parser.error(f"--tls-ca-file {args.tls_ca_file}: not a readable file")
     topology = Topology(args.sentinel, args.sentinel_port, args.master,
@@ -297,17 +491,26 @@ def main():
                 reason += " (a port that serves TLS only needs --tls-ca-file)"
         sys.exit(f"bench-failover: {reason}")
     report = {}
+    events = SentinelEvents(topology)
+    if args.stress:
+        report["stress"] = stress(topology, args.stress, args.dataset_mb, args.stress_interval, events)
     if args.trials:
-        figures = failover_trials(topology, args.trials, args.pause)
+        figures, timelines = failover_trials(topology, args.trials, args.pause, events)
         if figures:
             report["failover"] = {"trials": len(figures), "median": round(statistics.median(figures), 2),
-                                  "max": round(max(figures), 2), "all": [round(f, 2) for f in figures]}
+                                  "max": round(max(figures), 2), "all": [round(f, 2) for f in figures],
+                                  "median_steps": {event: round(statistics.median(t[event] for t in timelines
+                                                                                  if event in t), 2)
+                                                   for event in (*FAILOVER_EVENTS, "write")
+                                                   if any(event in t for t in timelines)},
+                                  "timelines": timelines}
     if args.steady:
         report["steady_no_failover"] = steady(topology, args.steady)
     if args.rolling_inventory:
         report["rolling_restart"] = rolling(topology, args.rolling_inventory)
     if args.static_inventory:
         report["static_change"] = static_change(topology, args.static_inventory, args.static_rounds)
+    events.close()
     print(json.dumps(report, indent=2))
     return 0
 
