@@ -1005,8 +1005,10 @@ def test_ha_password_rotation_in_two_phases_keeps_clients_and_replication_connec
                 "sentinel": VARIABLES["redis_server_sentinel_password"]}
     # Passwords only: the static-change test left tcp-backlog at 1024, and a rotation in the same run as rolling
     # restarts is not supported yet (Sentinel would lose the restarted replicas until sentinel.yml runs).
-    phase_1 = dict(ROTATED, redis_server_tcp_backlog=1024, redis_server_previous_passwords=previous, rotate_phase="add")
-    phase_2 = dict(phase_1, redis_server_previous_passwords={}, rotate_phase="finish")
+    phase_1 = dict(ROTATED, redis_server_tcp_backlog=1024, redis_server_previous_passwords=previous,
+                   redis_sentinel_previous_password=VARIABLES["redis_sentinel_password"], rotate_phase="add")
+    phase_2 = dict(phase_1, redis_server_previous_passwords={}, redis_sentinel_previous_password="",
+                   rotate_phase="finish")
 
     def new(host, *args, **kwargs):
         return cli(host, *args, password=ROTATED["redis_server_admin_password"], **kwargs)
@@ -1020,6 +1022,10 @@ def test_ha_password_rotation_in_two_phases_keeps_clients_and_replication_connec
             assert app(host, "PING") == "PONG", f"{name}: the old application password stopped working in phase 1"
             assert cli(host, "PING", user=None, password=ROTATED["redis_server_password"]) == "PONG", name
             assert cli(host, "PING") == "PONG" and new(host, "PING") == "PONG", f"{name}: admin's old or new password"
+        for name in SENTINELS:
+            assert sentinel(hosts[name], "PING") == "PONG", f"{name}: Sentinel's old password refused in phase 1"
+            assert cli(hosts[name], "PING", user=None, password=ROTATED["redis_sentinel_password"],
+                       port=SENTINEL_PORT) == "PONG", f"{name}: Sentinel's new password does not work in phase 1"
         result = _playbook(rotate, "-e", json.dumps(phase_2))
         output += result.stdout + result.stderr
         assert result.returncode == 0, output[-3000:]
@@ -1040,6 +1046,18 @@ def test_ha_password_rotation_in_two_phases_keeps_clients_and_replication_connec
         assert "WRONGPASS" in sentinel(hosts[name], "PING"), f"{name}: the old Sentinel password still works"
         assert cli(hosts[name], "PING", user=None, password=ROTATED["redis_sentinel_password"],
                    port=SENTINEL_PORT) == "PONG"
+    # The Sentinels still reach each other once their links are made again: each presents the new password
+    # (sentinel-pass), not the requirepass it started with, which the old password stays in until a restart.
+    for name in SENTINELS:
+        cli(hosts[name], "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes", user=None,
+            password=ROTATED["redis_sentinel_password"], port=SENTINEL_PORT)
+    time.sleep(DOWN_AFTER_MS / 1000 + 3)
+    for name in SENTINELS:
+        peers = cli(hosts[name], "SENTINEL", "SENTINELS", NAME, user=None,
+                    password=ROTATED["redis_sentinel_password"], port=SENTINEL_PORT)
+        quorum = cli(hosts[name], "SENTINEL", "CKQUORUM", NAME, user=None,
+                     password=ROTATED["redis_sentinel_password"], port=SENTINEL_PORT)
+        assert "s_down" not in peers and f"OK {len(SENTINELS)} usable" in quorum, (name, peers, quorum)
     wrong_phase = _playbook(rotate, "-e", json.dumps(dict(phase_2, rotate_phase="add")))
     said = re.sub(r"\s+", " ", wrong_phase.stdout + wrong_phase.stderr)
     assert wrong_phase.returncode != 0 and "rotate_phase must be add" in said, said[-2000:]
