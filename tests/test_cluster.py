@@ -227,3 +227,156 @@ def test_valkeys_tls_port_counts_when_a_plaintext_client_sees_port_0():
     failing = text.splitlines()[1].replace("slave", "slave,fail")
     assert redis_server_cluster_successor([failing], nodes) is None
     assert redis_server_cluster_successor([text.splitlines()[1].replace("connected", "disconnected")], nodes) is None
+
+
+# --- Growing ----------------------------------------------------------------------------------------------
+
+def test_rebalance_gives_new_primaries_their_share_from_the_most_loaded():
+    holders = {0: list(range(0, 5462)), 1: list(range(5462, 10923)), 2: list(range(10923, 16384)), 3: []}
+    moves = cluster.rebalance(holders)
+    moved = {target: 0 for target in holders}
+    for source, target, low, high in moves:
+        assert target == 3 and source in (0, 1, 2) and low <= high
+        assert all(slot in holders[source] for slot in (low, high))
+        moved[target] += high - low + 1
+    assert moved[3] == 4096
+    # Each old primary gave about a third, from the top of its range: three runs.
+    assert len(moves) == 3
+    # A cluster at its shares, or one only a little uneven, is left alone.
+    even = {index: [slot for start, end in [run] for slot in range(start, end + 1)]
+            for index, run in enumerate(cluster.slot_ranges(4))}
+    assert cluster.rebalance(even) == []
+    uneven = {**even, 0: even[0] + even[1][:500], 1: even[1][500:]}
+    assert cluster.rebalance(uneven) == []
+
+
+def test_left_over_nodes_that_make_no_whole_shard_are_refused():
+    # Three formed shards of two (no replicas missing) and one more empty node: half a shard.
+    observed = []
+    ids = [f"{index:040x}" for index in range(7)]
+    lines = []
+    for index, (start, end) in enumerate(cluster.slot_ranges(3)):
+        lines.append(f"{ids[index]} 127.0.0.1:{7000 + index}@{17000 + index} master - 0 0 {index + 1} connected "
+                     f"{start}-{end}")
+        lines.append(f"{ids[index + 3]} 127.0.0.1:{7003 + index}@{17003 + index} slave {ids[index]} 0 0 1 connected")
+    for index in range(6):
+        own = lines[[0, 2, 4, 1, 3, 5][index]]
+        text = "\n".join([own.replace(" master", " myself,master").replace(" slave", " myself,slave")]
+                         + [line for line in lines if line != own])
+        observed.append({"host": HOSTS[index % 3], "name": "ab"[index // 3], "address": "127.0.0.1",
+                         "port": 7000 + index, "id": ids[index], "nodes": text, "keys": 1})
+    observed.append({"host": "h1", "name": "c", "address": "127.0.0.1", "port": 7006, "id": ids[6],
+                     "nodes": f"{ids[6]} 127.0.0.1:7006@17006 myself,master - 0 0 0 connected", "keys": 0})
+    with pytest.raises(cluster.ClusterRefused, match="cannot make whole shards"):
+        cluster.plan(observed, 1)
+    assert cluster.plan(observed[:6], 1)["actions"] == []
+
+
+def _writer(settings, nodes, prefix, stop, errors, written):
+    redis = pytest.importorskip("redis")
+    client = redis.RedisCluster(host="127.0.0.1", port=nodes[0]["port"], username="admin", password=PASSWORD,
+                                ssl=True, ssl_ca_certs=settings["tls_ca_file"])
+    try:
+        number = 0
+        while not stop.is_set():
+            try:
+                client.set(f"{prefix}{number}", number)
+                written.append(number)
+            except redis.RedisError as exc:
+                errors.append(repr(exc))
+            number += 1
+    finally:
+        client.close()
+
+
+def test_two_nodes_added_to_the_inventory_become_a_shard_with_its_share_of_the_slots_under_writes(start_nodes):
+    import threading
+
+    redis = pytest.importorskip("redis")
+    settings, nodes = start_nodes(_nodes(8))
+    redis_cluster.run(settings, nodes[:6], 1, 30, check_mode=False)
+    client = redis.RedisCluster(host="127.0.0.1", port=nodes[0]["port"], username="admin", password=PASSWORD,
+                                ssl=True, ssl_ca_certs=settings["tls_ca_file"])
+    try:
+        for start in range(0, 10000, 500):
+            pipe = client.pipeline()
+            for number in range(start, start + 500):
+                pipe.set(f"grow:key:{number}", number)
+            pipe.execute()
+
+        preview = redis_cluster.run(settings, nodes, 1, 30, check_mode=True)
+        assert preview["changed"] and any("move from" in action for action in preview["actions"])
+        assert all(len(_call(settings, node, "CLUSTER", "NODES").splitlines()) == 1 for node in nodes[6:])
+
+        stop, errors, written = threading.Event(), [], []
+        writer = threading.Thread(target=_writer, args=(settings, nodes, "grow:live:", stop, errors, written))
+        writer.start()
+        try:
+            result = redis_cluster.run(settings, nodes, 1, 60, check_mode=False)
+        finally:
+            stop.set()
+            writer.join(30)
+        assert result["changed"] and result["state"] == "completing"
+        assert not errors, errors[:5]
+        assert len(written) > 50
+        primaries = [node for node in result["nodes"] if node["role"] == "primary"]
+        assert len(primaries) == 4
+        counts = {f"{node['host']}/{node['name']}": sum(int(run.split("-")[1]) - int(run.split("-")[0]) + 1
+                                                      for run in node["slots"]) for node in primaries}
+        assert sum(counts.values()) == cluster.SLOTS and all(4095 <= count <= 4097 for count in counts.values()), counts
+        for replica in (node for node in result["nodes"] if node["role"] == "replica"):
+            assert replica["primary"].split("/")[0] != replica["host"], replica
+        for node in nodes:
+            info = _call(settings, node, "CLUSTER", "INFO")
+            assert "cluster_state:ok" in info and "cluster_known_nodes:8" in info and "cluster_size:4" in info
+        # Every key written before and during the growth reads back, through the cluster client.
+        values = []
+        for start in range(0, 10000, 500):
+            pipe = client.pipeline()
+            for number in range(start, start + 500):
+                pipe.get(f"grow:key:{number}")
+            values += pipe.execute()
+        assert [int(value) for value in values] == list(range(10000))
+        pipe = client.pipeline()
+        for number in written:
+            pipe.get(f"grow:live:{number}")
+        assert [int(value) for value in pipe.execute()] == written
+        again = redis_cluster.run(settings, nodes, 1, 30, check_mode=False)
+        assert not again["changed"], again["actions"]
+    finally:
+        client.close()
+
+
+def test_a_slot_left_open_by_a_cut_off_run_is_finished_by_the_next(start_nodes):
+    redis = pytest.importorskip("redis")
+    settings, nodes = start_nodes(_nodes(6))
+    result = redis_cluster.run(settings, nodes, 1, 30, check_mode=False)
+    by_name = _by_name(result)
+    primaries = [node for node in nodes if by_name[f"{node['host']}/{node['name']}"]["role"] == "primary"]
+    ids = {node["port"]: _call(settings, node, "CLUSTER", "MYID") for node in primaries}
+    client = redis.RedisCluster(host="127.0.0.1", port=nodes[0]["port"], username="admin", password=PASSWORD,
+                                ssl=True, ssl_ca_certs=settings["tls_ca_file"])
+    try:
+        keys = [f"{{open}}:{number}" for number in range(50)]
+        slot = client.keyslot(keys[0])
+
+        def serves(node):
+            runs = by_name[f"{node['host']}/{node['name']}"]["slots"]
+            return any(int(run.split("-")[0]) <= slot <= int(run.split("-")[1]) for run in runs)
+
+        source = next(node for node in primaries if serves(node))
+        target = next(node for node in primaries if node is not source)
+        for key in keys:
+            client.set(key, key)
+        # What a run cut off in the middle of the slot leaves: both sides open, part of the keys moved.
+        assert _call(settings, target, "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source["port"]]) == "OK"
+        assert _call(settings, source, "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target["port"]]) == "OK"
+        assert _call(settings, source, "MIGRATE", "127.0.0.1", target["port"], "", 0, 5000, "AUTH2", "admin",
+                     PASSWORD, "KEYS", *keys[:20]) == "OK"
+        result = redis_cluster.run(settings, nodes, 1, 30, check_mode=False)
+        assert any(f"slot {slot}, left open" in action for action in result["actions"]), result["actions"]
+        assert int(_call(settings, target, "CLUSTER", "COUNTKEYSINSLOT", slot)) == 50
+        assert "[" not in _call(settings, source, "CLUSTER", "NODES")
+        assert [client.get(key).decode() for key in keys] == keys
+    finally:
+        client.close()

@@ -9,8 +9,11 @@ it answered: `id` (CLUSTER MYID), `nodes` (CLUSTER NODES text), `keys` (DBSIZE),
 
 The rules (docs/cluster.md): a cluster is created only when no node belongs to one and every node is
 empty; a formed cluster is completed (missing nodes met, missing replicas attached, unassigned slots
-of an empty cluster assigned) but never re-created; a node that holds keys or knows nodes outside the
-inventory is never reset; anything else is refused before a single command is sent.
+of an empty cluster assigned) but never re-created; empty nodes beyond its missing replicas make new
+shards (whole ones only), which get their share of the slots from the primaries that hold more than
+theirs; a slot a cut-off run left open between two nodes is finished first; a node that holds keys or
+knows nodes outside the inventory is never reset; anything else is refused before a single command is
+sent.
 """
 
 from __future__ import annotations
@@ -39,9 +42,14 @@ def parse_nodes(text):
         extras = dict(item.split("=", 1) for item in aux.split(",") if "=" in item)
         if port in ("", "0"):
             port = extras.get("tls-port") or (str(int(bus) - 10000) if bus.isdigit() else port)
-        slots = []
+        slots, opened = [], []
         for item in fields[8:]:
-            if item.startswith("["):  # a slot being migrated or imported
+            if item.startswith("["):  # a slot being migrated ([slot->-target]) or imported ([slot-<-source])
+                slot, arrow, other = item.strip("[]").partition("->-")
+                if not arrow:
+                    slot, arrow, other = item.strip("[]").partition("-<-")
+                if arrow and slot.isdigit():
+                    opened.append((int(slot), "migrating" if arrow == "->-" else "importing", other))
                 continue
             start, _dash, end = item.partition("-")
             slots.append((int(start), int(end or start)))
@@ -49,7 +57,7 @@ def parse_nodes(text):
             "id": node_id, "address": host, "port": int(port) if port.isdigit() else 0,
             "flags": set(flags.split(",")), "primary": None if primary == "-" else primary,
             "slots": slots, "epoch": int(epoch), "link": link,
-            "migrating": any(item.startswith("[") for item in fields[8:]),
+            "migrating": any(item.startswith("[") for item in fields[8:]), "open": opened,
         }
     return entries
 
@@ -225,12 +233,10 @@ def plan(observed, replicas):
                     f"{_label(observed[index])} and {_label(observed[cluster[0]])} disagree about the slots: the "
                     "cluster is still settling or needs `redis-cli --cluster fix` (docs/cluster.md); "
                     "nothing was changed")
-        if any(entry["migrating"] for view in views for entry in view.values()):
-            raise ClusterRefused("slots are being migrated (open slots): finish or fix them first with "
-                                 "`redis-cli --cluster fix` (docs/cluster.md); nothing was changed")
+        resumed = open_slots(observed, views, ours)
         keys_in_cluster = sum(int(observed[index].get("keys") or 0) for index in cluster)
     else:
-        reference, keys_in_cluster = {}, 0
+        reference, keys_in_cluster, resumed = {}, 0, []
 
     # Masters with slots are the primaries; a member without slots and without a primary is free.
     primaries = [index for index in cluster
@@ -285,25 +291,143 @@ def plan(observed, replicas):
     # Replicas: every primary gets `replicas` of them, each on another host than its primary.
     candidates = [index for index in range(len(observed)) if index not in chosen
                   and (index in outsiders or index in members_free)]
-    needs = []
-    for index in chosen:
-        have = [other for other, entry in reference.items()
+
+    def replicas_of(index):
+        return [other for other, entry in reference.items()
                 if entry.get("primary") == observed[index]["id"] and other in ours]
+
+    # Growing: an empty primary that already has a replica is a new shard a cut-off run started; the
+    # other empty nodes beyond the missing replicas make new shards, whole ones only.
+    growing = [index for index in candidates if not creating and replicas_of(index)]
+    free = [index for index in candidates if index not in growing]
+    wanted = sum(max(replicas - len(replicas_of(index)), 0) for index in chosen + growing)
+    surplus = len(free) - wanted
+    if surplus > 0:
+        if creating or surplus % (replicas + 1):
+            raise ClusterRefused(
+                f"{surplus} nodes have no place in the cluster ({wanted} replicas missing) and "
+                + ("the cluster is still being formed" if creating else
+                   f"cannot make whole shards of 1 primary and {replicas} replicas")
+                + ": nodes " + ", ".join(_label(observed[index]) for index in free) + "; nothing was changed")
+        growing += _new_primaries(observed, [observed[index]["host"] for index in chosen + growing], free,
+                                  surplus // (replicas + 1), hosts_order)
+        free = [index for index in free if index not in growing]
+        wanted += replicas * (surplus // (replicas + 1))
+    needs = []
+    for index in chosen + growing:
+        have = replicas_of(index)
         taken = {observed[ours[other]]["host"] for other in have}
         needs.append((observed[index], max(replicas - len(have), 0), taken))
-    wanted = sum(count for _primary, count, _taken in needs)
-    if len(candidates) > wanted:
-        raise ClusterRefused(
-            f"{len(candidates)} nodes have no place in the cluster as it is ({wanted} replicas missing): adding "
-            "primaries (growing the cluster) and rebalancing is not done by this release; nodes: "
-            + ", ".join(_label(observed[index]) for index in candidates) + "; nothing was changed")
-    placement = place_replicas(needs, [observed[index] for index in candidates], hosts_order) if candidates else []
+    placement = place_replicas(needs, [observed[index] for index in free], hosts_order) if free else []
     for replica, primary in placement:
         act(observed.index(replica), "replicate", ["CLUSTER", "REPLICATE", primary["id"]],
             f"{_label(replica)} replicates {_label(primary)}")
+
+    # Slots: an open slot a cut-off run left is finished first; then new primaries, and primaries a cut-off
+    # run left below half their share, get slots from those that hold more than theirs.
+    for source, target, slot in resumed:
+        actions.append({"node": source, "target": target, "phase": "migrate", "slots": [slot, slot],
+                        "command": ["MIGRATE-SLOTS", str(slot), str(slot)],
+                        "why": f"slot {slot}, left open by a cut-off run, moves on from {_label(observed[source])} to "
+                               f"{_label(observed[target])}"})
+    if not creating:
+        holders = {index: _slot_list(reference[observed[index]["id"]]["slots"]) for index in chosen}
+        holders.update({index: [] for index in growing})
+        for source, target, slot in resumed:
+            if slot in holders.get(source, []) and target in holders:
+                holders[source].remove(slot)
+                holders[target].append(slot)
+        for source, target, low, high in rebalance(holders):
+            actions.append({"node": source, "target": target, "phase": "migrate", "slots": [low, high],
+                            "command": ["MIGRATE-SLOTS", str(low), str(high)],
+                            "why": f"slots {low}-{high} move from {_label(observed[source])} to "
+                                   f"{_label(observed[target])}"})
     short = wanted - len(placement)
     return {"actions": actions, "state": "new" if not primaries else ("complete" if not actions else "completing"),
-            "primaries": [observed[index] for index in chosen], "replicas_short": short}
+            "primaries": [observed[index] for index in chosen + growing], "replicas_short": short}
+
+
+def _slot_list(ranges):
+    return [slot for start, end in sorted(ranges) for slot in range(start, end + 1)]
+
+
+def _new_primaries(observed, primary_hosts, free, count, hosts_order):
+    """`count` of the free nodes as new primaries, each on the host with the fewest primaries so far."""
+    load = {host: primary_hosts.count(host) for host in hosts_order}
+    chosen, pool = [], list(free)
+    for _turn in range(count):
+        best = min(pool, key=lambda index: (load[observed[index]["host"]], hosts_order.index(observed[index]["host"])))
+        chosen.append(best)
+        pool.remove(best)
+        load[observed[best]["host"]] += 1
+    return chosen
+
+
+def rebalance(holders):
+    """Slot moves that give every primary of `holders` ({index: its slots}) its even share, where the
+    primary has none yet or less than half of it (new shards, or a grow that was cut off): the slots come
+    from the primaries above their share, the most loaded first, from the top of their ranges. Returns
+    [(source, target, first slot, last slot)], runs of consecutive slots."""
+    if not holders:
+        return []
+    sizes = [end - start + 1 for start, end in slot_ranges(len(holders))]
+    order = sorted(holders, key=lambda index: (-len(holders[index]), index))
+    share = dict(zip(order, sizes, strict=True))
+    receivers = [index for index in sorted(holders) if len(holders[index]) < share[index] / 2]
+    if not receivers:
+        return []
+    slots = {index: sorted(values) for index, values in holders.items()}
+    excess = {index: len(slots[index]) - share[index] for index in holders if len(slots[index]) > share[index]}
+    moves = []
+    for target in receivers:
+        need = min(share[target] - len(slots[target]), sum(excess.values()))
+        if need <= 0:
+            continue
+        # In proportion to what each primary holds above its share, the remainder to the most loaded.
+        total = sum(excess.values())
+        take = {index: need * left // total for index, left in excess.items()}
+        for index in sorted(excess, key=lambda index: (-(excess[index] - take[index]), index)):
+            if sum(take.values()) >= need:
+                break
+            if take[index] < excess[index]:
+                take[index] += 1
+        for source in sorted(take):
+            if not take[source]:
+                continue
+            given = slots[source][-take[source]:]
+            del slots[source][-take[source]:]
+            excess[source] -= take[source]
+            slots[target] += given
+            start = previous = given[0]
+            for slot in given[1:] + [None]:
+                if slot != (previous + 1 if previous is not None else None):
+                    moves.append((source, target, start, previous))
+                    start = slot
+                previous = slot
+    return moves
+
+
+def open_slots(observed, views, ours):
+    """Slots a cut-off migration left open, as [(source index, target index, slot)] to finish: each must be
+    migrating on its owner and importing on the target from that owner, as both nodes say. Anything else
+    (a half without the other, a node outside the inventory) is refused: `redis-cli --cluster fix`."""
+    migrating, importing = {}, {}
+    for index, (node, view) in enumerate(zip(observed, views, strict=True)):
+        for slot, direction, other in view.get(node["id"], {}).get("open", []):
+            (migrating if direction == "migrating" else importing)[slot] = (index, other)
+    resumed = []
+    for slot in sorted(set(migrating) | set(importing)):
+        source, target_id = migrating.get(slot, (None, None))
+        target, source_id = importing.get(slot, (None, None))
+        if (source is None or target is None or target_id not in ours or ours[target_id] != target
+                or observed[source]["id"] != source_id):
+            raise ClusterRefused(
+                f"slot {slot} is left open in a way the role does not finish by itself (migrating on "
+                f"{_label(observed[source]) if source is not None else 'no node'}, importing on "
+                f"{_label(observed[target]) if target is not None else 'no node'}): settle it with "
+                "`redis-cli --cluster fix` (docs/cluster.md); nothing was changed")
+        resumed.append((source, target, slot))
+    return resumed
 
 
 def agreement(observed, what):

@@ -17,13 +17,18 @@ description:
   - With no cluster among the nodes and every node empty, creates one; the primaries are spread over the hosts
     in turns, the 16384 slots are split evenly among them, and each primary gets O(replicas) replicas, none on
     its primary's host (anti-affinity over hosts).
-  - With a formed cluster, completes it and nothing else; nodes of the inventory outside it are met and
-    attached as replicas where a primary has fewer than O(replicas); an empty cluster a run left unfinished
-    gets its missing slots. The cluster's own view of who is a primary wins over the inventory.
+  - With a formed cluster, completes it; nodes of the inventory outside it are met and attached as replicas
+    where a primary has fewer than O(replicas); an empty cluster a run left unfinished gets its missing
+    slots. The cluster's own view of who is a primary wins over the inventory.
+  - Grows it: empty nodes beyond the missing replicas make new shards (whole ones only, each new primary on
+    the host with the fewest primaries, its replicas on other hosts), and once every node says
+    C(cluster_state:ok) each new primary gets its even share of the slots from the primaries above theirs
+    (C(CLUSTER SETSLOT) IMPORTING and MIGRATING, C(MIGRATE) in batches, C(SETSLOT NODE) on every primary).
+    A slot a cut-off run left open between two nodes of the inventory is finished first.
   - Refuses, without changing anything, when a node does not answer, a node outside the cluster holds keys,
-    the nodes form more than one cluster, a node knows nodes outside the inventory, slots are open or
-    unassigned in a cluster with keys, or nodes would be left over (growing a cluster is not done here).
-    A node is never reset.
+    the nodes form more than one cluster, a node knows nodes outside the inventory (shrinking is not done
+    here), a slot is open in another way, slots are unassigned in a cluster with keys, or new nodes make no
+    whole shard. A node is never reset.
   - Connects to each node over TCP at its O(nodes[].address) and O(nodes[].port) with the credentials and
     TLS settings of O(connection_file) (a connection file of the redis_server role, an admin user's).
 options:
@@ -111,6 +116,7 @@ nodes:
   elements: dict
 """
 
+import contextlib
 import time
 import tomllib
 
@@ -118,6 +124,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.redis_infra.redis.plugins.module_utils.cluster import (
     ClusterRefused,
     agreement,
+    parse_nodes,
     plan,
     settled,
     summary,
@@ -161,6 +168,59 @@ def wait_for(settings, nodes, what, timeout):
         time.sleep(0.5)
 
 
+def _node_settings(settings, node):
+    node_settings = {key: value for key, value in settings.items() if key != "unix_socket"}
+    node_settings.update(host=node["address"], port=node["port"])
+    return node_settings
+
+
+def migrate_slots(settings, observed, action, done, batch=100):
+    """Move a run of slots from one primary to another, as the cluster specification describes: the target
+    imports and the source migrates each slot, MIGRATE moves its keys in batches (clients meanwhile follow
+    ASK redirections), then the target, the source and every other primary learn the new owner. A slot
+    left open by a cut-off run (importing and migrating between the same nodes) is taken up where it stopped."""
+    source, target = observed[action["node"]], observed[action["target"]]
+    others = [node for node in observed if node is not source and node is not target
+              and not parse_nodes(node.get("nodes")).get(node["id"], {}).get("primary")]
+    auth = []
+    if settings.get("password"):
+        auth = (["AUTH2", settings["username"], settings["password"]] if settings.get("username")
+                else ["AUTH", settings["password"]])
+    conns = {}
+
+    def call(node, *command):
+        key = node["id"]
+        if key not in conns:
+            conns[key] = connect(_node_settings(settings, node), 15)
+        try:
+            return conns[key].call(*command)
+        except RedisReplyError as exc:
+            raise ClusterRefused(f"{' '.join(str(part) for part in command[:3])} on {node['host']}/{node['name']} "
+                                 f"failed ({exc}) after: {'; '.join(done[-3:]) or 'nothing'}; the slot stays open "
+                                 "until the next run finishes it") from None
+
+    low, high = action["slots"]
+    try:
+        for slot in range(low, high + 1):
+            call(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source["id"])
+            call(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target["id"])
+            while True:
+                keys = call(source, "CLUSTER", "GETKEYSINSLOT", slot, batch)
+                if not keys:
+                    break
+                call(source, "MIGRATE", target["address"], target["port"], "", 0, 10000, *auth, "KEYS", *keys)
+            call(target, "CLUSTER", "SETSLOT", slot, "NODE", target["id"])
+            call(source, "CLUSTER", "SETSLOT", slot, "NODE", target["id"])
+            for node in others:
+                # The cluster bus spreads the new owner anyway; telling every primary now shortens the window of
+                # redirections, and a node that refuses (it learned it already) changes nothing.
+                with contextlib.suppress(ClusterRefused):
+                    call(node, "CLUSTER", "SETSLOT", slot, "NODE", target["id"])
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+
 def run(settings, nodes, replicas, timeout, check_mode):
     """Observe, plan and (unless check_mode) act; returns the module's result. Raises ClusterRefused."""
     # Views that differ (a failover or a meeting still spreading) settle within a few cluster pings: the
@@ -174,10 +234,19 @@ def run(settings, nodes, replicas, timeout, check_mode):
     actions = decided["actions"]
     done = []
     if not check_mode and actions:
-        for phase in ("epoch", "meet", "slots", "replicate"):
+        for phase in ("epoch", "meet", "slots", "replicate", "migrate"):
             steps = [action for action in actions if action["phase"] == phase]
-            if phase in ("slots", "replicate") and any(a["phase"] == "meet" for a in actions):
+            if steps and phase in ("slots", "replicate", "migrate") and any(a["phase"] == "meet" for a in actions):
                 wait_for(settings, nodes, "known", timeout)
+            if phase == "migrate":
+                # A node that was just met says CLUSTERDOWN (and refuses imported keys) until it has learned
+                # every slot's owner: the slots move once every node says cluster_state:ok.
+                if steps:
+                    wait_for(settings, nodes, "ok", timeout)
+                for action in steps:
+                    migrate_slots(settings, observed, action, done)
+                    done.append(action["why"])
+                continue
             for action in steps:
                 node = observed[action["node"]]
                 node_settings = {key: value for key, value in settings.items() if key != "unix_socket"}

@@ -316,3 +316,33 @@ def test_cluster_static_change_rolls_node_by_node_with_failovers_first(hosts, ad
         if role == "replica":
             assert host_of(node, addresses) != host_of(primary, addresses)
     assert_keys_intact(addresses)
+
+
+def test_cluster_grows_by_a_shard_added_to_the_inventory_under_writes(hosts, addresses, tmp_path):
+    """A third instance on two hosts (the inventory's redis_server_instances of those hosts): the converge
+    starts them, the module meets them, makes one the other's replica on another host and moves a quarter of
+    the slots to the new primary from the three others, while a cluster client writes; no write fails beyond
+    the client's redirections and no key is lost. Runs last: the scenario's other tests expect three shards."""
+    grown = [*VARIABLES["redis_server_instances"], {"name": "c", "port": max(PORTS) + 1}]
+    extra = tmp_path / "grown.yml"
+    extra.write_text(json.dumps({"all": {"hosts": {name: {"redis_server_instances": grown}
+                                                   for name in CLUSTER_HOSTS[:2]}}}))
+    with ClusterWriter(addresses) as writer:
+        result = _playbook(os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "..", "shared", "converge.yml"),
+                           "-i", str(extra))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert re.search(r"slots \d+-\d+ move from", output), output[-3000:]
+    assert writer.acknowledged > 100
+    assert writer.errors == [], sorted(set(writer.errors))[:5]
+    view = nodes_view(hosts, addresses)
+    assert len(view) == 8, view
+    counts = sorted(slots for role, _, slots in view.values() if role == "primary")
+    assert len(counts) == 4 and sum(counts) == 16384 and counts[0] >= 4095, counts
+    for node, (role, primary, _) in view.items():
+        if role == "replica":
+            assert host_of(node, addresses) != host_of(primary, addresses)
+    for name in CLUSTER_HOSTS[:2]:
+        info = fields(cli(hosts[name], max(PORTS) + 1, "CLUSTER", "INFO"))
+        assert info["cluster_state"] == "ok" and info["cluster_size"] == "4", (name, info)
+    assert_keys_intact(addresses)
