@@ -463,7 +463,7 @@ def test_ha_restore_onto_a_replica_is_refused_before_anything_changes(group):
 def test_ha_restore_brings_the_backup_to_every_host_and_sentinel_agrees(group):
     primary, env = group["primary"], group["env"]
     hosts = group["hosts"]
-    down_after = group["variables"].get("redis_sentinel_down_after_milliseconds", 5000)
+    down_after = tls_setup.role_variable(group["variables"], "redis_sentinel", "redis_sentinel_down_after_milliseconds")
     try:
         admin_commands(hosts[primary], env, HA_INSTANCE, DATA + [["WAIT", "2", "5000"]])
         before = checksum(hosts[primary], HA_INSTANCE)

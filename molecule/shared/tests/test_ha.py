@@ -40,7 +40,7 @@ PORT = 6379
 APP_HOSTS = RUNNER.get_hosts("apps")
 APP_ENV_FILE = "/etc/redis-infra/apps/shop.env"
 SENTINEL_PORT = VARIABLES.get("redis_sentinel_port", 26379)
-DOWN_AFTER_MS = VARIABLES.get("redis_sentinel_down_after_milliseconds", 5000)
+DOWN_AFTER_MS = tls_setup.role_variable(VARIABLES, "redis_sentinel", "redis_sentinel_down_after_milliseconds")
 # TLS on (production): the instances and Sentinels serve TLS only; the CLI inside a host uses the host's CA
 # bundle, the controller's clients the private CA's certificate.
 CLI = tls_setup.cli("redis", VARIABLES)

@@ -1,4 +1,5 @@
-"""TLS as the scenario's inventory sets it up, for the tests' own clients (redis-cli, redis-py)."""
+"""TLS as the scenario's inventory sets it up, for the tests' own clients (redis-cli, redis-py); and a role variable
+as the play sees it."""
 
 from __future__ import annotations
 
@@ -35,3 +36,14 @@ def client_kwargs(variables: dict, ca_file: str | None = None) -> dict:
     if not tls_on(variables):
         return {}
     return {"ssl": True, "ssl_ca_certs": ca_file or CA_FILE, "ssl_cert_reqs": "required"}
+
+
+def role_variable(variables: dict, role: str, name: str):
+    """A variable as the play sees it: the inventory's value, else the role's default (its defaults file)."""
+    if name in variables:
+        return variables[name]
+    import yaml
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", role, "defaults", "main.yml")
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)[name]
