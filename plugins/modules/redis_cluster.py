@@ -20,7 +20,7 @@ description:
   - With a formed cluster, completes it; nodes of the inventory outside it are met and attached as replicas
     where a primary has fewer than O(replicas); an empty cluster a run left unfinished gets its missing
     slots. The cluster's own view of who is a primary wins over the inventory.
-  - Grows it: empty nodes beyond the missing replicas make new shards (whole ones only, each new primary on
+  - Grows it. Empty nodes beyond the missing replicas make new shards (whole ones only, each new primary on
     the host with the fewest primaries, its replicas on other hosts), and once every node says
     C(cluster_state:ok) each new primary gets its even share of the slots from the primaries above theirs
     (C(CLUSTER SETSLOT) IMPORTING and MIGRATING, C(MIGRATE) in batches, C(SETSLOT NODE) on every primary).
