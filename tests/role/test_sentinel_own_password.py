@@ -16,12 +16,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.role import task_named
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 TASK = "Work out what Sentinel's own password needs"
+TEMPLATE = ROOT / "roles/redis_sentinel/templates/sentinel.conf.j2"
+OWN_HASHES = yaml.safe_load((ROOT / "roles/redis_sentinel/vars/main.yml").read_text())["_redis_sentinel_own_hashes"]
 NEW = "sentinel-password-0123456789abcdefghijkl"
 OLD = "old-sentinel-password-0123456789abcdefgh"
 
@@ -61,7 +64,8 @@ CASES = {
     "rotation phase 2, re-run": ({}, rewritten(OLD, NEW, presents=NEW), False, (None, False)),
     "previous the same as the new": ({"redis_sentinel_previous_password": NEW},
                                      rewritten(NEW, NEW, presents=NEW), False, (None, False)),
-    "new Sentinel in phase 1": ({"redis_sentinel_previous_password": OLD}, "", True, ([NEW, OLD], False)),
+    # The bootstrap template gives a new Sentinel both passwords in phase 1 (test_the_bootstrap_file_...).
+    "new Sentinel in phase 1": ({"redis_sentinel_previous_password": OLD}, "", True, (None, False)),
     "new Sentinel": ({}, "", True, (None, False)),
 }
 
@@ -74,7 +78,8 @@ def _task() -> dict:
 
 @pytest.fixture(scope="module")
 def decided(tmp_path_factory) -> dict:
-    """{case: (the commands to accept, whether sentinel-pass is sent)}, every case a host of one play."""
+    """{case: (the commands to accept, whether sentinel-pass is sent, the bootstrap file the template gives)},
+    every case a host of one play."""
     tmp = tmp_path_factory.mktemp("sentinel-password")
     out = tmp / "decided.json"
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
@@ -82,6 +87,9 @@ def decided(tmp_path_factory) -> dict:
     for index, (variables, text, bootstrapped, _) in enumerate(CASES.values()):
         hosts[f"case-{index}"] = dict(local, **{
             "redis_sentinel_password": NEW, "redis_sentinel_previous_password": "", "case_bootstrapped": bootstrapped,
+            "_redis_sentinel_own_hashes": OWN_HASHES, "_redis_sentinel_marker": "bootstrapped",
+            "__redis_sentinel_listen_lines": [{"key": "port", "value": 26379}],
+            "__redis_sentinel_engine": {"pidfile": "/run/s.pid", "log_file": "/var/log/s.log", "dir": "/var/lib/s"},
             "__redis_sentinel_conf_before": {"content": base64.b64encode(text.encode()).decode()}, **variables})
     names = json.dumps(list(hosts))
     plays = [
@@ -91,7 +99,8 @@ def decided(tmp_path_factory) -> dict:
              "register": "__redis_sentinel_bootstrap"},
             _task(),
             {"ansible.builtin.set_fact": {
-                "case_decided": "{{ [__redis_sentinel_accept, __redis_sentinel_present | bool] }}"}}]},
+                "case_decided": "{{ [__redis_sentinel_accept, __redis_sentinel_present | bool,"
+                                f" lookup('template', '{TEMPLATE}')] }}}}"}}]},
         {"hosts": "localhost", "gather_facts": False, "tasks": [{"ansible.builtin.copy": {
             "content": f"{{{{ dict({names} | zip({names} | map('extract', hostvars, 'case_decided'))) | to_json }}}}",
             "dest": str(out), "mode": "0600"}}]},
@@ -109,12 +118,23 @@ def decided(tmp_path_factory) -> dict:
 @pytest.mark.parametrize("name", list(CASES))
 def test_the_role_sends_only_what_sentinels_password_needs(decided, name):
     _, _, _, (accepted, presents) = CASES[name]
-    accept, present = decided[name]
+    accept, present, _ = decided[name]
     expected = [] if accepted is None else [["ACL", "SETUSER", "default", "on", "resetpass",
                                              *("#" + sha256(p) for p in accepted)], ["SENTINEL", "FLUSHCONFIG"]]
     assert (accept, present) == (expected, presents)
 
 
 def test_only_hashes_are_sent_to_be_accepted(decided):
-    sent = json.dumps([accept for accept, _ in decided.values()])
+    sent = json.dumps([accept for accept, _, _ in decided.values()])
     assert NEW not in sent and OLD not in sent and sha256(NEW) in sent and sha256(OLD) in sent
+
+
+def test_the_bootstrap_file_accepts_the_previous_password_only_in_phase_1(decided):
+    """A Sentinel bootstrapped in phase 1 of a rotation accepts both passwords from its first start (its
+    `user default` line is read after requirepass), and presents the new one."""
+    phase_1 = decided["new Sentinel in phase 1"][2].splitlines()
+    assert f'requirepass "{NEW}"' in phase_1 and f'sentinel sentinel-pass "{NEW}"' in phase_1
+    assert f"user default on #{sha256(NEW)} #{sha256(OLD)} ~* &* +@all" in phase_1
+    assert OLD not in "\n".join(phase_1)
+    plain = decided["new Sentinel"][2].splitlines()
+    assert f'sentinel sentinel-pass "{NEW}"' in plain and not any(line.startswith("user ") for line in plain)
