@@ -36,6 +36,7 @@ prints the lab's). Every connection is then TLS, the certificate checked against
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -160,6 +161,9 @@ class SentinelEvents:
                             self.events.append((time.monotonic(), address, message["channel"], message["data"]))
             except (redis.RedisError, OSError):
                 time.sleep(0.5)
+            finally:
+                with contextlib.suppress(redis.RedisError, OSError, NameError):
+                    pubsub.close()
 
     def about_primary(self, since, until=None):
         """Events of the primary's group between two moments, oldest first, as (time, sentinel, event,
@@ -333,7 +337,8 @@ def load_dataset(topology, megabytes):
         for number in range(start, min(start + 64, count)):
             pipe.set(f"{STRESS_PREFIX}{number}", os.urandom(STRESS_VALUE_BYTES))
         pipe.execute()
-    client.execute_command("WAIT", len(topology.sentinels) - 1, 120000)
+    replicas = int(client.info("replication").get("connected_slaves", 0))
+    client.execute_command("WAIT", replicas, 120000)
     return count
 
 
@@ -492,6 +497,16 @@ def main():
         sys.exit(f"bench-failover: {reason}")
     report = {}
     events = SentinelEvents(topology)
+    try:
+        report.update(run_measures(topology, args, events))
+    finally:
+        events.close()
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def run_measures(topology, args, events):
+    report = {}
     if args.stress:
         report["stress"] = stress(topology, args.stress, args.dataset_mb, args.stress_interval, events)
     if args.trials:
@@ -510,9 +525,7 @@ def main():
         report["rolling_restart"] = rolling(topology, args.rolling_inventory)
     if args.static_inventory:
         report["static_change"] = static_change(topology, args.static_inventory, args.static_rounds)
-    events.close()
-    print(json.dumps(report, indent=2))
-    return 0
+    return report
 
 
 if __name__ == "__main__":

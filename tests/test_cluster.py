@@ -246,8 +246,11 @@ def test_rebalance_gives_new_primaries_their_share_from_the_most_loaded():
     even = {index: [slot for start, end in [run] for slot in range(start, end + 1)]
             for index, run in enumerate(cluster.slot_ranges(4))}
     assert cluster.rebalance(even) == []
-    uneven = {**even, 0: even[0] + even[1][:500], 1: even[1][500:]}
-    assert cluster.rebalance(uneven) == []
+    # Within 2 % of the share: left alone. Beyond it (a grow cut off halfway): the rest moves.
+    assert cluster.rebalance({**even, 0: even[0] + even[1][:50], 1: even[1][50:]}) == []
+    cut_off = {**holders, 0: holders[0][:-700], 1: holders[1][:-700], 3: holders[0][-700:] + holders[1][-700:]}
+    moved = sum(high - low + 1 for _, target, low, high in cluster.rebalance(cut_off) if target == 3)
+    assert moved == 4096 - 1400
 
 
 def test_left_over_nodes_that_make_no_whole_shard_are_refused():
@@ -378,5 +381,62 @@ def test_a_slot_left_open_by_a_cut_off_run_is_finished_by_the_next(start_nodes):
         assert int(_call(settings, target, "CLUSTER", "COUNTKEYSINSLOT", slot)) == 50
         assert "[" not in _call(settings, source, "CLUSTER", "NODES")
         assert [client.get(key).decode() for key in keys] == keys
+    finally:
+        client.close()
+
+
+def test_slots_cut_off_at_every_other_step_are_finished_by_the_next_run(start_nodes):
+    """A run cut off before the owner's MIGRATING (the target imports only), after a MIGRATE that copied keys
+    without deleting them (keys on both sides: the owner's copies win), and after the target took the slot
+    but before the owner learned it (migrating only): the next run finishes each, and every key reads back."""
+    redis = pytest.importorskip("redis")
+    settings, nodes = start_nodes(_nodes(6))
+    result = redis_cluster.run(settings, nodes, 1, 30, check_mode=False)
+    by_name = _by_name(result)
+    primaries = [node for node in nodes if by_name[f"{node['host']}/{node['name']}"]["role"] == "primary"]
+    ids = {node["port"]: _call(settings, node, "CLUSTER", "MYID") for node in primaries}
+    client = redis.RedisCluster(host="127.0.0.1", port=nodes[0]["port"], username="admin", password=PASSWORD,
+                                ssl=True, ssl_ca_certs=settings["tls_ca_file"])
+
+    def owner_and_other(slot):
+        for node in primaries:
+            runs = by_name[f"{node['host']}/{node['name']}"]["slots"]
+            if any(int(run.split("-")[0]) <= slot <= int(run.split("-")[1]) for run in runs):
+                return node, next(other for other in primaries if other is not node)
+        raise AssertionError(slot)
+
+    try:
+        cases = {}
+        for tag in ("importing", "copied", "taken"):
+            keys = [f"{{{tag}}}:{number}" for number in range(30)]
+            for key in keys:
+                client.set(key, key)
+            slot = client.keyslot(keys[0])
+            source, target = owner_and_other(slot)
+            cases[tag] = (keys, slot, source, target)
+            assert _call(settings, target, "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source["port"]]) == "OK"
+            if tag == "importing":
+                continue
+            assert _call(settings, source, "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target["port"]]) == "OK"
+            if tag == "copied":
+                # On both sides, the target's copies stale: the owner's must win.
+                assert _call(settings, source, "MIGRATE", "127.0.0.1", target["port"], "", 0, 5000, "COPY", "AUTH2",
+                             "admin", PASSWORD, "KEYS", *keys) == "OK"
+                for key in keys:
+                    client.set(key, key + ":latest")
+                continue
+            assert _call(settings, source, "MIGRATE", "127.0.0.1", target["port"], "", 0, 5000, "AUTH2", "admin",
+                         PASSWORD, "KEYS", *keys) == "OK"
+            assert _call(settings, target, "CLUSTER", "SETSLOT", slot, "NODE", ids[target["port"]]) == "OK"
+        redis_cluster.wait_for(settings, nodes, "slots", 30)
+        result = redis_cluster.run(settings, nodes, 1, 30, check_mode=False)
+        assert sum("left open by a cut-off run" in action for action in result["actions"]) == 3, result["actions"]
+        for tag, (keys, slot, _source, target) in cases.items():
+            assert int(_call(settings, target, "CLUSTER", "COUNTKEYSINSLOT", slot)) == len(keys), tag
+            expected = [key + ":latest" for key in keys] if tag == "copied" else keys
+            assert [client.get(key).decode() for key in keys] == expected, tag
+        for node in primaries:
+            assert "[" not in _call(settings, node, "CLUSTER", "NODES")
+        assert not redis_cluster.run(settings, nodes, 1, 30, check_mode=False)["changed"]
     finally:
         client.close()

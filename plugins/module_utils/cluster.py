@@ -157,9 +157,10 @@ def place_replicas(needs, candidates, hosts_order):
         f"{', '.join(_label(node) for node in candidates) or 'none'}): add hosts or lower the replicas per shard")
 
 
-def plan(observed, replicas):
+def plan(observed, replicas, balance=True):
     """What to do with the observed nodes: a dict with `actions` (in order, each a dict with `node` (index
-    into observed), `phase` (epoch, meet, slots, replicate), `command` and `why`), `state` (new, complete,
+    into observed), `phase` (epoch, meet, slots, replicate, migrate), `command` and `why`; a migration also
+    `target` and `slots`; balance=False moves no slot but those a cut-off run left open), `state` (new, complete,
     completing), `primaries` and `replicas_short` (replicas the nodes cannot provide: a warning, the cluster
     works without them); raises ClusterRefused. The caller waits for agreement() after the meetings
     ("known") and after everything ("ok")."""
@@ -233,7 +234,7 @@ def plan(observed, replicas):
                     f"{_label(observed[index])} and {_label(observed[cluster[0]])} disagree about the slots: the "
                     "cluster is still settling or needs `redis-cli --cluster fix` (docs/cluster.md); "
                     "nothing was changed")
-        resumed = open_slots(observed, views, ours)
+        resumed = open_slots(observed, views, ours, reference)
         keys_in_cluster = sum(int(observed[index].get("keys") or 0) for index in cluster)
     else:
         reference, keys_in_cluster, resumed = {}, 0, []
@@ -325,16 +326,16 @@ def plan(observed, replicas):
 
     # Slots: an open slot a cut-off run left is finished first; then new primaries, and primaries a cut-off
     # run left below half their share, get slots from those that hold more than theirs.
-    for source, target, slot in resumed:
-        actions.append({"node": source, "target": target, "phase": "migrate", "slots": [slot, slot],
+    for source, target, slot, settle in resumed:
+        actions.append({"node": source, "target": target, "phase": "migrate", "slots": [slot, slot], "settle": settle,
                         "command": ["MIGRATE-SLOTS", str(slot), str(slot)],
                         "why": f"slot {slot}, left open by a cut-off run, moves on from {_label(observed[source])} to "
                                f"{_label(observed[target])}"})
-    if not creating:
+    if not creating and balance:
         holders = {index: _slot_list(reference[observed[index]["id"]]["slots"]) for index in chosen}
         holders.update({index: [] for index in growing})
-        for source, target, slot in resumed:
-            if slot in holders.get(source, []) and target in holders:
+        for source, target, slot, settle in resumed:
+            if not settle and slot in holders.get(source, []) and target in holders:
                 holders[source].remove(slot)
                 holders[target].append(slot)
         for source, target, low, high in rebalance(holders):
@@ -363,17 +364,18 @@ def _new_primaries(observed, primary_hosts, free, count, hosts_order):
     return chosen
 
 
-def rebalance(holders):
-    """Slot moves that give every primary of `holders` ({index: its slots}) its even share, where the
-    primary has none yet or less than half of it (new shards, or a grow that was cut off): the slots come
-    from the primaries above their share, the most loaded first, from the top of their ranges. Returns
-    [(source, target, first slot, last slot)], runs of consecutive slots."""
+def rebalance(holders, tolerance=0.02):
+    """Slot moves that give every primary of `holders` ({index: its slots}) its even share where it holds
+    less than that share by more than `tolerance` of it (new shards, a grow that was cut off, a cluster that
+    was left uneven): the slots come from the primaries above their share, in proportion to their surplus,
+    from the top of their ranges. Returns [(source, target, first slot, last slot)], runs of consecutive
+    slots."""
     if not holders:
         return []
     sizes = [end - start + 1 for start, end in slot_ranges(len(holders))]
     order = sorted(holders, key=lambda index: (-len(holders[index]), index))
     share = dict(zip(order, sizes, strict=True))
-    receivers = [index for index in sorted(holders) if len(holders[index]) < share[index] / 2]
+    receivers = [index for index in sorted(holders) if len(holders[index]) < share[index] * (1 - tolerance)]
     if not receivers:
         return []
     slots = {index: sorted(values) for index, values in holders.items()}
@@ -407,10 +409,17 @@ def rebalance(holders):
     return moves
 
 
-def open_slots(observed, views, ours):
-    """Slots a cut-off migration left open, as [(source index, target index, slot)] to finish: each must be
-    migrating on its owner and importing on the target from that owner, as both nodes say. Anything else
-    (a half without the other, a node outside the inventory) is refused: `redis-cli --cluster fix`."""
+def open_slots(observed, views, ours, reference):
+    """Slots a cut-off migration left open, as [(source index, target index, slot, settle)] to finish, where
+    source is the slot's owner in every view: migrating on the owner and importing on the target from it
+    (both steps done), importing only (cut off before the owner's MIGRATING) or migrating only on a node that
+    no longer owns it (cut off after the target took the slot: `settle`, only SETSLOT NODE is left). Anything
+    else (a node outside the inventory, an owner that is neither side) is refused: `redis-cli --cluster fix`."""
+    owner = {}
+    for entry_id, entry in reference.items():
+        for start, end in entry["slots"]:
+            for slot in range(start, end + 1):
+                owner[slot] = entry_id
     migrating, importing = {}, {}
     for index, (node, view) in enumerate(zip(observed, views, strict=True)):
         for slot, direction, other in view.get(node["id"], {}).get("open", []):
@@ -419,14 +428,23 @@ def open_slots(observed, views, ours):
     for slot in sorted(set(migrating) | set(importing)):
         source, target_id = migrating.get(slot, (None, None))
         target, source_id = importing.get(slot, (None, None))
-        if (source is None or target is None or target_id not in ours or ours[target_id] != target
-                or observed[source]["id"] != source_id):
+        held_by = owner.get(slot)
+        if source is not None and target is not None:
+            fine = target_id == observed[target]["id"] and source_id == observed[source]["id"] == held_by
+            plan_step = (source, target, slot, False)
+        elif target is not None:
+            fine = source_id in ours and source_id == held_by
+            plan_step = (ours.get(source_id), target, slot, False)
+        else:
+            fine = target_id in ours and target_id == held_by
+            plan_step = (source, ours.get(target_id), slot, True)
+        if not fine:
             raise ClusterRefused(
                 f"slot {slot} is left open in a way the role does not finish by itself (migrating on "
                 f"{_label(observed[source]) if source is not None else 'no node'}, importing on "
                 f"{_label(observed[target]) if target is not None else 'no node'}): settle it with "
                 "`redis-cli --cluster fix` (docs/cluster.md); nothing was changed")
-        resumed.append((source, target, slot))
+        resumed.append(plan_step)
     return resumed
 
 

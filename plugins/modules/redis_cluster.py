@@ -67,6 +67,13 @@ options:
       everywhere and every replica synchronized with its primary.
     type: int
     default: 60
+  rebalance:
+    description:
+      - Move slots to every primary that holds less than its even share (16384 / primaries) by more than 2 % of
+        it, from those above theirs. With V(false) only a slot a cut-off run left open is finished, and new
+        primaries stay without slots.
+    type: bool
+    default: true
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -116,7 +123,6 @@ nodes:
   elements: dict
 """
 
-import contextlib
 import time
 import tomllib
 
@@ -190,38 +196,55 @@ def migrate_slots(settings, observed, action, done, batch=100):
 
     def call(node, *command):
         key = node["id"]
-        if key not in conns:
-            conns[key] = connect(_node_settings(settings, node), 15)
         try:
+            if key not in conns:
+                conns[key] = connect(_node_settings(settings, node), 60)
             return conns[key].call(*command)
-        except RedisReplyError as exc:
-            raise ClusterRefused(f"{' '.join(str(part) for part in command[:3])} on {node['host']}/{node['name']} "
-                                 f"failed ({exc}) after: {'; '.join(done[-3:]) or 'nothing'}; the slot stays open "
-                                 "until the next run finishes it") from None
+        except (RedisReplyError, OSError, ConnectionError, TLSFilesError) as exc:
+            if not isinstance(exc, RedisReplyError):  # the connection is gone; a refused command leaves it usable
+                conns.pop(key, None)
+            error = ClusterRefused(f"{' '.join(str(part) for part in command[:3])} on {node['host']}/{node['name']} "
+                                   f"failed ({exc or type(exc).__name__}) after: {'; '.join(done[-3:]) or 'nothing'}; "
+                                   "the next run finishes the slot it left open")
+            error.reply = str(exc) if isinstance(exc, RedisReplyError) else ""
+            raise error from None
+
+    def migrate(keys):
+        try:
+            call(source, "MIGRATE", target["address"], target["port"], "", 0, 10000, *auth, "KEYS", *keys)
+        except ClusterRefused as exc:
+            # Keys on both sides: a MIGRATE cut off after the target restored them. The slot is still the
+            # source's, so its copies win, as `redis-cli --cluster fix` decides.
+            if "BUSYKEY" not in exc.reply:
+                raise
+            call(source, "MIGRATE", target["address"], target["port"], "", 0, 10000, "REPLACE", *auth, "KEYS", *keys)
 
     low, high = action["slots"]
     try:
         for slot in range(low, high + 1):
-            call(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source["id"])
-            call(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target["id"])
-            while True:
-                keys = call(source, "CLUSTER", "GETKEYSINSLOT", slot, batch)
-                if not keys:
-                    break
-                call(source, "MIGRATE", target["address"], target["port"], "", 0, 10000, *auth, "KEYS", *keys)
-            call(target, "CLUSTER", "SETSLOT", slot, "NODE", target["id"])
+            if not action.get("settle"):
+                call(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source["id"])
+                call(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target["id"])
+                while True:
+                    keys = call(source, "CLUSTER", "GETKEYSINSLOT", slot, batch)
+                    if not keys:
+                        break
+                    migrate(keys)
+                call(target, "CLUSTER", "SETSLOT", slot, "NODE", target["id"])
             call(source, "CLUSTER", "SETSLOT", slot, "NODE", target["id"])
-            for node in others:
+            for node in list(others):
                 # The cluster bus spreads the new owner anyway; telling every primary now shortens the window of
-                # redirections, and a node that refuses (it learned it already) changes nothing.
-                with contextlib.suppress(ClusterRefused):
+                # redirections. A node that refuses (it became a replica) or does not answer is left to the bus.
+                try:
                     call(node, "CLUSTER", "SETSLOT", slot, "NODE", target["id"])
+                except ClusterRefused:
+                    others.remove(node)
     finally:
         for conn in conns.values():
             conn.close()
 
 
-def run(settings, nodes, replicas, timeout, check_mode):
+def run(settings, nodes, replicas, timeout, check_mode, rebalance=True):
     """Observe, plan and (unless check_mode) act; returns the module's result. Raises ClusterRefused."""
     # Views that differ (a failover or a meeting still spreading) settle within a few cluster pings: the
     # plan is made from views that agree, or from the last ones, which it refuses when slots differ.
@@ -230,7 +253,7 @@ def run(settings, nodes, replicas, timeout, check_mode):
     while not settled(observed) and time.monotonic() < deadline:
         time.sleep(0.5)
         observed = observe(settings, nodes)
-    decided = plan(observed, replicas)
+    decided = plan(observed, replicas, rebalance)
     actions = decided["actions"]
     done = []
     if not check_mode and actions:
@@ -284,6 +307,7 @@ def main():
             }},
             "replicas": {"type": "int", "default": 1},
             "timeout": {"type": "int", "default": 60},
+            "rebalance": {"type": "bool", "default": True},
         },
         supports_check_mode=True,
     )
@@ -294,7 +318,8 @@ def main():
     except (OSError, tomllib.TOMLDecodeError) as exc:
         module.fail_json(msg=f"cannot read connection file {params['connection_file']}: {exc}")
     try:
-        result = run(settings, params["nodes"], params["replicas"], params["timeout"], module.check_mode)
+        result = run(settings, params["nodes"], params["replicas"], params["timeout"], module.check_mode,
+                     params["rebalance"])
     except ClusterRefused as exc:
         module.fail_json(msg=str(exc))
     for warning in result.pop("warnings"):
