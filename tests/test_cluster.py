@@ -350,25 +350,33 @@ def test_two_nodes_added_to_the_inventory_become_a_shard_with_its_share_of_the_s
         client.close()
 
 
-def test_a_slot_left_open_by_a_cut_off_run_is_finished_by_the_next(start_nodes):
+def _formed_cluster(start_nodes):
+    """Six nodes formed into three shards over TLS: (settings, nodes, primaries, their ids by port, a cluster
+    client as the admin user, owner_and_other(slot) -> (the primary serving it, another primary))."""
     redis = pytest.importorskip("redis")
     settings, nodes = start_nodes(_nodes(6))
-    result = redis_cluster.run(settings, nodes, 1, 30, check_mode=False)
-    by_name = _by_name(result)
+    by_name = _by_name(redis_cluster.run(settings, nodes, 1, 30, check_mode=False))
     primaries = [node for node in nodes if by_name[f"{node['host']}/{node['name']}"]["role"] == "primary"]
     ids = {node["port"]: _call(settings, node, "CLUSTER", "MYID") for node in primaries}
     client = redis.RedisCluster(host="127.0.0.1", port=nodes[0]["port"], username="admin", password=PASSWORD,
                                 ssl=True, ssl_ca_certs=settings["tls_ca_file"])
+
+    def owner_and_other(slot):
+        for node in primaries:
+            runs = by_name[f"{node['host']}/{node['name']}"]["slots"]
+            if any(int(run.split("-")[0]) <= slot <= int(run.split("-")[1]) for run in runs):
+                return node, next(other for other in primaries if other is not node)
+        raise AssertionError(slot)
+
+    return settings, nodes, primaries, ids, client, owner_and_other
+
+
+def test_a_slot_left_open_by_a_cut_off_run_is_finished_by_the_next(start_nodes):
+    settings, nodes, _primaries, ids, client, owner_and_other = _formed_cluster(start_nodes)
     try:
         keys = [f"{{open}}:{number}" for number in range(50)]
         slot = client.keyslot(keys[0])
-
-        def serves(node):
-            runs = by_name[f"{node['host']}/{node['name']}"]["slots"]
-            return any(int(run.split("-")[0]) <= slot <= int(run.split("-")[1]) for run in runs)
-
-        source = next(node for node in primaries if serves(node))
-        target = next(node for node in primaries if node is not source)
+        source, target = owner_and_other(slot)
         for key in keys:
             client.set(key, key)
         # What a run cut off in the middle of the slot leaves: both sides open, part of the keys moved.
@@ -389,22 +397,7 @@ def test_slots_cut_off_at_every_other_step_are_finished_by_the_next_run(start_no
     """A run cut off before the owner's MIGRATING (the target imports only), after a MIGRATE that copied keys
     without deleting them (keys on both sides: the owner's copies win), and after the target took the slot
     but before the owner learned it (migrating only): the next run finishes each, and every key reads back."""
-    redis = pytest.importorskip("redis")
-    settings, nodes = start_nodes(_nodes(6))
-    result = redis_cluster.run(settings, nodes, 1, 30, check_mode=False)
-    by_name = _by_name(result)
-    primaries = [node for node in nodes if by_name[f"{node['host']}/{node['name']}"]["role"] == "primary"]
-    ids = {node["port"]: _call(settings, node, "CLUSTER", "MYID") for node in primaries}
-    client = redis.RedisCluster(host="127.0.0.1", port=nodes[0]["port"], username="admin", password=PASSWORD,
-                                ssl=True, ssl_ca_certs=settings["tls_ca_file"])
-
-    def owner_and_other(slot):
-        for node in primaries:
-            runs = by_name[f"{node['host']}/{node['name']}"]["slots"]
-            if any(int(run.split("-")[0]) <= slot <= int(run.split("-")[1]) for run in runs):
-                return node, next(other for other in primaries if other is not node)
-        raise AssertionError(slot)
-
+    settings, nodes, primaries, ids, client, owner_and_other = _formed_cluster(start_nodes)
     try:
         cases = {}
         for tag in ("importing", "copied", "taken"):

@@ -9,17 +9,14 @@ import base64
 import copy
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.role import task_named
+from tests.role import run_cases, task_named
 
 ROOT = Path(__file__).resolve().parents[2]
-ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 TASK = "Work out what the health checker's user on Sentinel needs"
 ACL = yaml.safe_load((ROOT / "roles/redis_sentinel/vars/main.yml").read_text())["_redis_sentinel_monitor_acl"]
 PASSWORD = "monitor-password-0123456789abcdefghijkl"
@@ -75,35 +72,19 @@ CASES = {
 @pytest.fixture(scope="module")
 def decided(tmp_path_factory) -> dict:
     """{case: the commands the role's task decided}, every case a host of one play."""
-    tmp = tmp_path_factory.mktemp("sentinel-monitor")
-    out = tmp / "decided.json"
-    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
-    hosts = {}
-    for index, (variables, text, taken, _) in enumerate(CASES.values()):
-        hosts[f"case-{index}"] = dict(local, **{
-            "redis_sentinel_monitor_user": "monitor", "redis_sentinel_monitor_password": PASSWORD,
-            "_redis_sentinel_monitor_acl": ACL,
-            "__redis_sentinel_monitor_enabled": "{{ redis_sentinel_monitor_password | length > 0 }}",
-            "__redis_sentinel_conf_before": {"content": base64.b64encode(text.encode()).decode()},
-            "__redis_sentinel_monitor_taken": taken, **variables})
-    names = json.dumps(list(hosts))
-    plays = [
-        {"hosts": "cases", "gather_facts": False, "tasks": [
-            {"name": "The bootstrap template was skipped (the file is Sentinel's)",
-             "ansible.builtin.debug": {"msg": ""}, "when": False, "register": "__redis_sentinel_bootstrap"},
-            _task()]},
-        {"hosts": "localhost", "gather_facts": False, "tasks": [{"ansible.builtin.copy": {
-            "content": f"{{{{ dict({names} | zip({names} | map('extract', hostvars,"
-                       " '__redis_sentinel_monitor_commands'))) | to_json }}", "dest": str(out), "mode": "0600"}}]},
-    ]
-    (tmp / "play.yml").write_text(json.dumps(plays))
-    (tmp / "inventory.yml").write_text(json.dumps({"all": {"hosts": {"localhost": local},
-                                                           "children": {"cases": {"hosts": hosts}}}}))
-    result = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(tmp / "inventory.yml"), str(tmp / "play.yml")],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    commands = json.loads(out.read_text())
-    return {name: commands[f"case-{index}"] for index, name in enumerate(CASES)}
+    cases = [{
+        "redis_sentinel_monitor_user": "monitor", "redis_sentinel_monitor_password": PASSWORD,
+        "_redis_sentinel_monitor_acl": ACL,
+        "__redis_sentinel_monitor_enabled": "{{ redis_sentinel_monitor_password | length > 0 }}",
+        "__redis_sentinel_conf_before": {"content": base64.b64encode(text.encode()).decode()},
+        "__redis_sentinel_monitor_taken": taken, **variables}
+        for variables, text, taken, _ in CASES.values()]
+    tasks = [
+        {"name": "The bootstrap template was skipped (the file is Sentinel's)",
+         "ansible.builtin.debug": {"msg": ""}, "when": False, "register": "__redis_sentinel_bootstrap"},
+        _task()]
+    return dict(zip(CASES, run_cases(tmp_path_factory.mktemp("sentinel-monitor"), cases, tasks,
+                                     "__redis_sentinel_monitor_commands"), strict=True))
 
 
 def _expected(kind, variables) -> list:

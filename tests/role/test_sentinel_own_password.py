@@ -11,17 +11,14 @@ import base64
 import copy
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.role import task_named
+from tests.role import run_cases, task_named
 
 ROOT = Path(__file__).resolve().parents[2]
-ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 TASK = "Work out what Sentinel's own password needs"
 TEMPLATE = ROOT / "roles/redis_sentinel/templates/sentinel.conf.j2"
 OWN_HASHES = yaml.safe_load((ROOT / "roles/redis_sentinel/vars/main.yml").read_text())["_redis_sentinel_own_hashes"]
@@ -80,39 +77,22 @@ def _task() -> dict:
 def decided(tmp_path_factory) -> dict:
     """{case: (the commands to accept, whether sentinel-pass is sent, the bootstrap file the template gives)},
     every case a host of one play."""
-    tmp = tmp_path_factory.mktemp("sentinel-password")
-    out = tmp / "decided.json"
-    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
-    hosts = {}
-    for index, (variables, text, bootstrapped, _) in enumerate(CASES.values()):
-        hosts[f"case-{index}"] = dict(local, **{
-            "redis_sentinel_password": NEW, "redis_sentinel_previous_password": "", "case_bootstrapped": bootstrapped,
-            "_redis_sentinel_own_hashes": OWN_HASHES, "_redis_sentinel_marker": "bootstrapped",
-            "__redis_sentinel_listen_lines": [{"key": "port", "value": 26379}],
-            "__redis_sentinel_engine": {"pidfile": "/run/s.pid", "log_file": "/var/log/s.log", "dir": "/var/lib/s"},
-            "__redis_sentinel_conf_before": {"content": base64.b64encode(text.encode()).decode()}, **variables})
-    names = json.dumps(list(hosts))
-    plays = [
-        {"hosts": "cases", "gather_facts": False, "tasks": [
-            {"name": "The bootstrap template, written only where the case says so",
-             "ansible.builtin.debug": {"msg": ""}, "when": "case_bootstrapped",
-             "register": "__redis_sentinel_bootstrap"},
-            _task(),
-            {"ansible.builtin.set_fact": {
-                "case_decided": "{{ [__redis_sentinel_accept, __redis_sentinel_present | bool,"
-                                f" lookup('template', '{TEMPLATE}')] }}}}"}}]},
-        {"hosts": "localhost", "gather_facts": False, "tasks": [{"ansible.builtin.copy": {
-            "content": f"{{{{ dict({names} | zip({names} | map('extract', hostvars, 'case_decided'))) | to_json }}}}",
-            "dest": str(out), "mode": "0600"}}]},
-    ]
-    (tmp / "play.yml").write_text(json.dumps(plays))
-    (tmp / "inventory.yml").write_text(json.dumps({"all": {"hosts": {"localhost": local},
-                                                           "children": {"cases": {"hosts": hosts}}}}))
-    result = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(tmp / "inventory.yml"), str(tmp / "play.yml")],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    decisions = json.loads(out.read_text())
-    return {name: decisions[f"case-{index}"] for index, name in enumerate(CASES)}
+    cases = [{
+        "redis_sentinel_password": NEW, "redis_sentinel_previous_password": "", "case_bootstrapped": bootstrapped,
+        "_redis_sentinel_own_hashes": OWN_HASHES, "_redis_sentinel_marker": "bootstrapped",
+        "__redis_sentinel_listen_lines": [{"key": "port", "value": 26379}],
+        "__redis_sentinel_engine": {"pidfile": "/run/s.pid", "log_file": "/var/log/s.log", "dir": "/var/lib/s"},
+        "__redis_sentinel_conf_before": {"content": base64.b64encode(text.encode()).decode()}, **variables}
+        for variables, text, bootstrapped, _ in CASES.values()]
+    tasks = [
+        {"name": "The bootstrap template, written only where the case says so",
+         "ansible.builtin.debug": {"msg": ""}, "when": "case_bootstrapped", "register": "__redis_sentinel_bootstrap"},
+        _task(),
+        {"ansible.builtin.set_fact": {
+            "case_decided": "{{ [__redis_sentinel_accept, __redis_sentinel_present | bool,"
+                            f" lookup('template', '{TEMPLATE}')] }}}}"}}]
+    return dict(zip(CASES, run_cases(tmp_path_factory.mktemp("sentinel-password"), cases, tasks, "case_decided"),
+                    strict=True))
 
 
 @pytest.mark.parametrize("name", list(CASES))
