@@ -26,11 +26,15 @@ def free_port() -> int:
 
 
 def cluster_port() -> int:
-    """A free port below 55536 whose cluster bus port (+10000) is free too."""
+    """A free port whose cluster bus port (+10000) is free too. Both stay below the kernel's ephemeral range
+    (32768 up), where free_port() and every outgoing connection take theirs: a bus port taken there after
+    this check made a node exit once it had answered. Each pytest-xdist worker has a range of its own."""
     import random
 
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 2
+    low = 10000 + worker * 6000
     while True:
-        port = random.randint(20000, 45000)  # noqa: S311
+        port = random.randint(low, low + 5999)  # noqa: S311
         try:
             for candidate in (port, port + 10000):
                 with socket.socket() as sock:
