@@ -35,7 +35,7 @@ def start_nodes(redis_factory, tls_files):
 
     def start(nodes: list[dict], extra: str = ""):
         for node in nodes:
-            redis_factory(
+            start.processes[node["port"]] = redis_factory(
                 tls_files.server_config(node["port"])
                 + "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 2000\n"
                 "tls-cluster yes\ncluster-announce-ip 127.0.0.1\n"
@@ -45,6 +45,7 @@ def start_nodes(redis_factory, tls_files):
                     "tls_ca_file": str(tls_files.ca_file)}
         return settings, nodes
 
+    start.processes = {}
     return start
 
 
@@ -253,6 +254,26 @@ def test_rebalance_gives_new_primaries_their_share_from_the_most_loaded():
     assert moved == 4096 - 1400
 
 
+def test_rebalance_drains_a_leaving_primary_to_those_that_stay():
+    four = {index: [slot for start, end in [run] for slot in range(start, end + 1)]
+            for index, run in enumerate(cluster.slot_ranges(4))}
+    moves = cluster.rebalance(four, leaving=[3])
+    assert {source for source, _target, _low, _high in moves} == {3}
+    given = {target: sum(high - low + 1 for _s, t, low, high in moves if t == target) for target in (0, 1, 2)}
+    assert sum(given.values()) == len(four[3])
+    final = sorted(len(four[index]) + given[index] for index in (0, 1, 2))
+    assert final == sorted(size for size in (5462, 5461, 5461)), final
+    # A leaving primary with a handful of slots is drained although the rest is within the 2 % tolerance;
+    # with even=False only its slots move, however uneven the others are.
+    few = {0: list(range(0, 5400)), 1: list(range(5400, 10900)), 2: list(range(10900, 16380)), 3: [16380, 16381, 16382,
+                                                                                                    16383]}
+    assert sum(h - lo + 1 for s, _t, lo, h in cluster.rebalance(few, leaving=[3]) if s == 3) == 4
+    uneven = {0: list(range(0, 8000)), 1: list(range(8000, 12000)), 2: list(range(12000, 16000)),
+              3: list(range(16000, 16384))}
+    only = cluster.rebalance(uneven, leaving=[3], even=False)
+    assert {source for source, *_rest in only} == {3} and sum(h - lo + 1 for *_st, lo, h in only) == 384
+
+
 def test_left_over_nodes_that_make_no_whole_shard_are_refused():
     # Three formed shards of two (no replicas missing) and one more empty node: half a shard.
     observed = []
@@ -292,7 +313,7 @@ def _writer(settings, nodes, prefix, stop, errors, written):
         client.close()
 
 
-def test_two_nodes_added_to_the_inventory_become_a_shard_with_its_share_of_the_slots_under_writes(start_nodes):
+def test_two_nodes_added_to_the_inventory_become_a_shard_under_writes_and_removing_them_drains_it(start_nodes):
     import threading
 
     redis = pytest.importorskip("redis")
@@ -346,6 +367,105 @@ def test_two_nodes_added_to_the_inventory_become_a_shard_with_its_share_of_the_s
         assert [int(value) for value in pipe.execute()] == written
         again = redis_cluster.run(settings, nodes, 1, 30, check_mode=False)
         assert not again["changed"], again["actions"]
+
+        # Shrinking back: the shard taken out of the inventory is refused until its removal is confirmed, then
+        # drained under writes (its slots to the three others) and forgotten by every node.
+        staying, leaving = nodes[:6], nodes[6:]
+        endpoints = [f"127.0.0.1:{node['port']}" for node in leaving]
+        with pytest.raises(cluster.ClusterRefused, match="redis_server_cluster_remove") as refused:
+            redis_cluster.run(settings, staying, 1, 30, check_mode=False)
+        assert all(endpoint in str(refused.value) for endpoint in endpoints), refused.value
+        with pytest.raises(cluster.ClusterRefused, match="in the inventory"):
+            redis_cluster.run(settings, staying, 1, 30, check_mode=False, remove=[f"127.0.0.1:{nodes[0]['port']}"])
+        preview = redis_cluster.run(settings, staying, 1, 30, check_mode=True, remove=endpoints)
+        assert any("move from 127.0.0.1" in action and "(leaving the cluster)" in action
+                   for action in preview["actions"]), preview["actions"]
+        assert all(len(_call(settings, node, "CLUSTER", "NODES").splitlines()) == 8 for node in nodes)
+        stop, errors, shrink_written = threading.Event(), [], []
+        writer = threading.Thread(target=_writer, args=(settings, staying, "shrink:live:", stop, errors,
+                                                        shrink_written))
+        writer.start()
+        try:
+            result = redis_cluster.run(settings, staying, 1, 60, check_mode=False, remove=endpoints)
+        finally:
+            stop.set()
+            writer.join(30)
+        assert result["changed"] and not errors, errors[:5]
+        assert len(shrink_written) > 50
+        assert sum(f"forgets 127.0.0.1:{leaving[0]['port']}" in action for action in result["actions"]) == 6
+        primaries = [node for node in result["nodes"] if node["role"] == "primary"]
+        assert len(primaries) == 3 and len(result["nodes"]) == 6
+        counts = sorted(sum(int(run.split("-")[1]) - int(run.split("-")[0]) + 1 for run in node["slots"])
+                        for node in primaries)
+        assert counts == [5461, 5461, 5462], counts
+        for replica in (node for node in result["nodes"] if node["role"] == "replica"):
+            assert replica["primary"].split("/")[0] != replica["host"], replica
+        for node in staying:
+            info = _call(settings, node, "CLUSTER", "INFO")
+            assert "cluster_state:ok" in info and "cluster_known_nodes:6" in info and "cluster_size:3" in info
+        for node in leaving:  # no slot left; until stopped it redirects clients with the old map (MOVED)
+            own = cluster.parse_nodes(_call(settings, node, "CLUSTER", "NODES"))[_call(settings, node, "CLUSTER",
+                                                                                     "MYID")]
+            assert own["slots"] == [], own
+        values = []
+        for start in range(0, 10000, 500):
+            pipe = client.pipeline()
+            for number in range(start, start + 500):
+                pipe.get(f"grow:key:{number}")
+            values += pipe.execute()
+        assert [int(value) for value in values] == list(range(10000))
+        for prefix, numbers in (("grow:live:", written), ("shrink:live:", shrink_written)):
+            pipe = client.pipeline()
+            for number in numbers:
+                pipe.get(f"{prefix}{number}")
+            assert [int(value) for value in pipe.execute()] == numbers, prefix
+        # The same confirmation again finds nothing to remove; without it the forgotten nodes are no strangers.
+        assert not redis_cluster.run(settings, staying, 1, 30, check_mode=False, remove=endpoints)["changed"]
+        assert not redis_cluster.run(settings, staying, 1, 30, check_mode=False)["changed"]
+    finally:
+        client.close()
+
+
+def test_a_removed_primary_hands_its_slots_to_its_replica_and_a_removed_replica_that_is_down_is_forgotten(
+        start_nodes, redis_factory):
+    """A primary taken out of the inventory while its replica stays: the replica takes over by a failover
+    (no key moves) and the old primary is forgotten; so is a replica taken out whose process is gone. Three
+    primaries are left, with replicas missing: a warning, not a failure."""
+    settings, nodes, primaries, _ids, client, _owner = _formed_cluster(start_nodes)
+    try:
+        for number in range(2000):
+            client.set(f"handover:{number}", number)
+        by_name = _by_name(redis_cluster.run(settings, nodes, 1, 30, check_mode=False))
+        primary = primaries[0]
+        label = f"{primary['host']}/{primary['name']}"
+        heir = next(node for node in nodes if by_name[f"{node['host']}/{node['name']}"]["primary"] == label)
+        staying = [node for node in nodes if node is not primary]
+        endpoint = f"127.0.0.1:{primary['port']}"
+        preview = redis_cluster.run(settings, staying, 1, 30, check_mode=True, remove=[endpoint])
+        assert len(preview["actions"]) == 1 and "a failover" in preview["actions"][0], preview["actions"]
+        result = redis_cluster.run(settings, staying, 1, 60, check_mode=False, remove=[endpoint])
+        assert not any("move from" in action for action in result["actions"]), result["actions"]
+        assert result["warnings"] and "1 replicas are missing" in result["warnings"][0]
+        after = _by_name(result)
+        assert after[f"{heir['host']}/{heir['name']}"]["role"] == "primary"
+        old_id = _call(settings, primary, "CLUSTER", "MYID")
+        assert all(old_id not in _call(settings, node, "CLUSTER", "NODES") for node in staying)
+        assert [int(client.get(f"handover:{number}")) for number in range(2000)] == list(range(2000))
+
+        # A replica of the five, its process stopped, then taken out of the inventory.
+        replica = next(node for node in staying if after[f"{node['host']}/{node['name']}"]["role"] == "replica")
+        replica_id = _call(settings, replica, "CLUSTER", "MYID")
+        start_nodes.processes[replica["port"]].stop()
+        rest = [node for node in staying if node is not replica]
+        gone = f"127.0.0.1:{replica['port']}"
+        result = redis_cluster.run(settings, rest, 1, 60, check_mode=False, remove=[gone])
+        assert sum(f"forgets {gone}" in action for action in result["actions"]) == 4, result["actions"]
+        assert "2 replicas are missing" in result["warnings"][0]
+        for node in rest:
+            assert replica_id not in _call(settings, node, "CLUSTER", "NODES")
+            assert "cluster_known_nodes:4" in _call(settings, node, "CLUSTER", "INFO")
+        assert [int(client.get(f"handover:{number}")) for number in range(2000)] == list(range(2000))
+        assert not redis_cluster.run(settings, rest, 1, 30, check_mode=False)["changed"]
     finally:
         client.close()
 

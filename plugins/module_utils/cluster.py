@@ -63,7 +63,29 @@ def parse_nodes(text):
 
 
 def _label(node):
+    if node.get("leaving"):
+        return f"{node['address']}:{node['port']} (leaving the cluster)"
     return f"{node['host']}/{node['name']} ({node['address']}:{node['port']})"
+
+
+def leaving_nodes(observed, remove):
+    """The nodes outside the inventory that the operator confirmed for removal (`remove`: "address:port" or
+    node ids), as node dicts for observe(): address, port, the id the cluster knows them by, `leaving`. An
+    entry naming a node of the inventory is refused; one no node knows (already removed) is ignored."""
+    ours = {node["id"] for node in observed if node.get("id")}
+    wanted = {str(item).strip() for item in remove or ()}
+    for node in observed:
+        if wanted & {node.get("id"), f"{node['address']}:{node['port']}"}:
+            raise ClusterRefused(f"{_label(node)} is to be removed but is in the inventory: take it out of the "
+                                 "inventory first; nothing was changed")
+    found = {}
+    for node in observed:
+        for entry_id, entry in parse_nodes(node.get("nodes")).items():
+            endpoint = f"{entry['address']}:{entry['port']}"
+            if entry_id not in ours and "handshake" not in entry["flags"] and wanted & {entry_id, endpoint}:
+                found.setdefault(entry_id, {"host": "leaving", "name": endpoint, "address": entry["address"],
+                                            "port": entry["port"], "id": entry_id, "leaving": True})
+    return list(found.values())
 
 
 def _count(ranges):
@@ -163,7 +185,21 @@ def plan(observed, replicas, balance=True):
     `target` and `slots`; balance=False moves no slot but those a cut-off run left open), `state` (new, complete,
     completing), `primaries` and `replicas_short` (replicas the nodes cannot provide: a warning, the cluster
     works without them); raises ClusterRefused. The caller waits for agreement() after the meetings
-    ("known") and after everything ("ok")."""
+    ("known") and after everything ("ok").
+
+    Nodes marked `leaving` (leaving_nodes(), observed after the inventory's) leave the cluster: one whose shard
+    keeps a replica of the inventory hands its slots over by a failover first (the plan is then only that
+    phase, `failover`, and says `replan`: the caller plans again from the new view); one without drains its
+    slots to the primaries that stay (`migrate`); replicas of the inventory left without a primary are
+    attached elsewhere (`reattach`); then every node of the inventory forgets the leaving nodes (`forget`). A
+    leaving node is not reset: until its service is stopped it answers clients that still hold the old slot
+    map with MOVED to the new owners, where a reset node would answer CLUSTERDOWN."""
+    every = observed
+    observed = [node for node in every if not node.get("leaving")]
+    if every[:len(observed)] != observed:
+        raise ValueError("leaving nodes come after the inventory's")
+    leaving = list(range(len(observed), len(every)))
+    gone = {every[index]["id"]: index for index in leaving}
     down = [node for node in observed if node.get("error")]
     if down:
         raise ClusterRefused("not every node answered, and the cluster is decided from every node's view: "
@@ -173,13 +209,15 @@ def plan(observed, replicas, balance=True):
     foreign = []
     for node, view in zip(observed, views, strict=True):
         strangers = [entry for entry_id, entry in view.items()
-                     if entry_id not in ours and "handshake" not in entry["flags"]]
+                     if entry_id not in ours and entry_id not in gone and "handshake" not in entry["flags"]]
         if strangers:
             foreign.append(f"{_label(node)} knows {', '.join(e['address'] + ':' + str(e['port']) for e in strangers)}")
     if foreign:
         raise ClusterRefused(
             "nodes outside the inventory belong to the cluster (" + "; ".join(foreign) + "): add them to the "
-            "inventory, or remove them from the cluster by hand (docs/cluster.md); nothing was changed")
+            "inventory, or confirm their removal (the module's option remove, the role's "
+            "redis_server_cluster_remove, with their address:port as above) to have them drained and forgotten "
+            "(docs/cluster.md); nothing was changed")
 
     # Who knows whom: nodes that know each other are one cluster (union of the views).
     parent = list(range(len(observed)))
@@ -226,18 +264,23 @@ def plan(observed, replicas, balance=True):
     # The view of the cluster: the first member's (every member must agree before anything changes).
     if cluster:
         reference = views[cluster[0]]
+        known = set(ours) | set(gone)
         for index in cluster[1:]:
-            mine = {entry_id: sorted(entry["slots"]) for entry_id, entry in views[index].items() if entry_id in ours}
-            theirs = {entry_id: sorted(entry["slots"]) for entry_id, entry in reference.items() if entry_id in ours}
+            mine = {entry_id: sorted(entry["slots"]) for entry_id, entry in views[index].items() if entry_id in known}
+            theirs = {entry_id: sorted(entry["slots"]) for entry_id, entry in reference.items() if entry_id in known}
             if mine != theirs:
                 raise ClusterRefused(
                     f"{_label(observed[index])} and {_label(observed[cluster[0]])} disagree about the slots: the "
                     "cluster is still settling or needs `redis-cli --cluster fix` (docs/cluster.md); "
                     "nothing was changed")
-        resumed = open_slots(observed, views, ours, reference)
+        resumed = open_slots(every, views + [parse_nodes(every[index].get("nodes")) for index in leaving],
+                             {**ours, **gone}, reference)
         keys_in_cluster = sum(int(observed[index].get("keys") or 0) for index in cluster)
     else:
         reference, keys_in_cluster, resumed = {}, 0, []
+    draining, failovers = _leaving_shards(every, leaving, reference, ours)
+    if failovers:
+        return {"actions": failovers, "state": "completing", "primaries": [], "replicas_short": 0, "replan": True}
 
     # Masters with slots are the primaries; a member without slots and without a primary is free.
     primaries = [index for index in cluster
@@ -274,6 +317,10 @@ def plan(observed, replicas, balance=True):
                     "distinct config epoch before the meeting")
     else:
         chosen = primaries
+    if leaving and len(chosen) < 3:
+        raise ClusterRefused(f"a cluster needs at least 3 primaries; without the leaving nodes "
+                             f"({', '.join(_label(every[index]) for index in leaving)}) {len(chosen)} would be left; "
+                             "nothing was changed")
     anchor = cluster[0] if cluster else chosen[0]
     for index in outsiders:
         if index != anchor:
@@ -290,8 +337,10 @@ def plan(observed, replicas, balance=True):
                         f"{_label(observed[index])} serves slots {low}-{high}")
 
     # Replicas: every primary gets `replicas` of them, each on another host than its primary.
+    # Replicas of the inventory whose primary leaves are attached anew once the slots have moved.
+    orphans = [index for index in cluster if reference.get(observed[index]["id"], {}).get("primary") in gone]
     candidates = [index for index in range(len(observed)) if index not in chosen
-                  and (index in outsiders or index in members_free)]
+                  and (index in outsiders or index in members_free or index in orphans)]
 
     def replicas_of(index):
         return [other for other, entry in reference.items()
@@ -321,7 +370,8 @@ def plan(observed, replicas, balance=True):
         needs.append((observed[index], max(replicas - len(have), 0), taken))
     placement = place_replicas(needs, [observed[index] for index in free], hosts_order) if free else []
     for replica, primary in placement:
-        act(observed.index(replica), "replicate", ["CLUSTER", "REPLICATE", primary["id"]],
+        index = observed.index(replica)
+        act(index, "reattach" if index in orphans else "replicate", ["CLUSTER", "REPLICATE", primary["id"]],
             f"{_label(replica)} replicates {_label(primary)}")
 
     # Slots: an open slot a cut-off run left is finished first; then new primaries, and primaries a cut-off
@@ -331,21 +381,54 @@ def plan(observed, replicas, balance=True):
                         "command": ["MIGRATE-SLOTS", str(slot), str(slot)],
                         "why": f"slot {slot}, left open by a cut-off run, moves on from {_label(observed[source])} to "
                                f"{_label(observed[target])}"})
-    if not creating and balance:
+    if not creating and (balance or draining):
         holders = {index: _slot_list(reference[observed[index]["id"]]["slots"]) for index in chosen}
         holders.update({index: [] for index in growing})
+        holders.update({index: _slot_list(reference[every[index]["id"]]["slots"]) for index in draining})
         for source, target, slot, settle in resumed:
             if not settle and slot in holders.get(source, []) and target in holders:
                 holders[source].remove(slot)
                 holders[target].append(slot)
-        for source, target, low, high in rebalance(holders):
+        for source, target, low, high in rebalance(holders, leaving=draining, even=balance):
             actions.append({"node": source, "target": target, "phase": "migrate", "slots": [low, high],
                             "command": ["MIGRATE-SLOTS", str(low), str(high)],
-                            "why": f"slots {low}-{high} move from {_label(observed[source])} to "
-                                   f"{_label(observed[target])}"})
+                            "why": f"slots {low}-{high} move from {_label(every[source])} to "
+                                   f"{_label(every[target])}"})
+    for index in leaving:
+        node = every[index]
+        for other in range(len(observed)):
+            act(other, "forget", ["CLUSTER", "FORGET", node["id"]], f"{_label(observed[other])} forgets {_label(node)}")
     short = wanted - len(placement)
     return {"actions": actions, "state": "new" if not primaries else ("complete" if not actions else "completing"),
             "primaries": [observed[index] for index in chosen + growing], "replicas_short": short}
+
+
+def _leaving_shards(every, leaving, reference, ours):
+    """(leaving nodes whose slots are drained to the primaries that stay, failover actions): a leaving
+    primary with slots and a replica in the inventory hands them over by a failover of that replica (no key
+    moves); without one its slots are migrated; one that does not answer is refused (its slots would be lost
+    until the cluster fails it over)."""
+    draining, failovers = [], []
+    for index in leaving:
+        node = every[index]
+        entry = reference.get(node["id"])
+        if not entry or not entry["slots"] or "master" not in entry["flags"]:
+            continue
+        heirs = [ours[other] for other, item in reference.items()
+                 if item.get("primary") == node["id"] and other in ours and not {"fail", "fail?"} & item["flags"]]
+        if heirs:
+            heir = every[heirs[0]]
+            failovers.append({"node": heirs[0], "phase": "failover", "command": ["CLUSTER", "FAILOVER"],
+                              "why": f"{_label(heir)} takes over the slots of {_label(node)} (a failover; "
+                                     "the rest is planned from the new view)"})
+        elif node.get("error"):
+            raise ClusterRefused(
+                f"{_label(node)} serves {_count(entry['slots'])} slots, has no replica in the inventory and does "
+                f"not answer ({node['error']}): its slots cannot be moved; start it again (or let the cluster fail "
+                "it over to a replica) and run again; nothing was changed")
+        else:
+            draining.append(index)
+    return draining, failovers
 
 
 def _slot_list(ranges):
@@ -364,22 +447,27 @@ def _new_primaries(observed, primary_hosts, free, count, hosts_order):
     return chosen
 
 
-def rebalance(holders, tolerance=0.02):
+def rebalance(holders, tolerance=0.02, leaving=(), even=True):
     """Slot moves that give every primary of `holders` ({index: its slots}) its even share where it holds
     less than that share by more than `tolerance` of it (new shards, a grow that was cut off, a cluster that
     was left uneven): the slots come from the primaries above their share, in proportion to their surplus,
-    from the top of their ranges. Returns [(source, target, first slot, last slot)], runs of consecutive
-    slots."""
-    if not holders:
+    from the top of their ranges. The `leaving` ones have a share of 0: every slot of theirs moves (the
+    tolerance is then 0); with even=False only theirs move. Returns [(source, target, first slot, last
+    slot)], runs of consecutive slots."""
+    staying = [index for index in holders if index not in leaving]
+    if not staying:
         return []
-    sizes = [end - start + 1 for start, end in slot_ranges(len(holders))]
-    order = sorted(holders, key=lambda index: (-len(holders[index]), index))
+    sizes = [end - start + 1 for start, end in slot_ranges(len(staying))]
+    order = sorted(staying, key=lambda index: (-len(holders[index]), index))
     share = dict(zip(order, sizes, strict=True))
-    receivers = [index for index in sorted(holders) if len(holders[index]) < share[index] * (1 - tolerance)]
+    share.update({index: 0 for index in leaving})
+    slack = 0 if any(holders[index] for index in leaving) else tolerance
+    receivers = [index for index in sorted(staying) if len(holders[index]) < share[index] * (1 - slack)]
     if not receivers:
         return []
     slots = {index: sorted(values) for index, values in holders.items()}
-    excess = {index: len(slots[index]) - share[index] for index in holders if len(slots[index]) > share[index]}
+    excess = {index: len(slots[index]) - share[index] for index in holders
+              if len(slots[index]) > share[index] and (even or index in leaving)}
     moves = []
     for target in receivers:
         need = min(share[target] - len(slots[target]), sum(excess.values()))

@@ -25,10 +25,17 @@ description:
     C(cluster_state:ok) each new primary gets its even share of the slots from the primaries above theirs
     (C(CLUSTER SETSLOT) IMPORTING and MIGRATING, C(MIGRATE) in batches, C(SETSLOT NODE) on every primary).
     A slot a cut-off run left open between two nodes of the inventory is finished first.
+  - Shrinks it. A node outside the inventory that the cluster knows is removed only when O(remove) names it.
+    A leaving primary whose replica is in the inventory hands its slots over by a C(CLUSTER FAILOVER) of that
+    replica; one without such a replica has its slots migrated to the primaries that stay (evenly, under
+    client load). Replicas of the inventory left without a primary are attached to another one. Then every
+    node forgets the leaving nodes (C(CLUSTER FORGET)). A leaving node is not reset; it keeps redirecting
+    clients with an old slot map until its service is stopped.
   - Refuses, without changing anything, when a node does not answer, a node outside the cluster holds keys,
-    the nodes form more than one cluster, a node knows nodes outside the inventory (shrinking is not done
-    here), a slot is open in another way, slots are unassigned in a cluster with keys, or new nodes make no
-    whole shard. A node is never reset.
+    the nodes form more than one cluster, a node knows nodes outside the inventory that O(remove) does not
+    name, O(remove) names a node of the inventory, a leaving primary that serves slots does not answer and
+    has no replica in the inventory, fewer than 3 primaries would stay, a slot is open in another way, slots
+    are unassigned in a cluster with keys, or new nodes make no whole shard. A node is never reset.
   - Connects to each node over TCP at its O(nodes[].address) and O(nodes[].port) with the credentials and
     TLS settings of O(connection_file) (a connection file of the redis_server role, an admin user's).
 options:
@@ -74,6 +81,14 @@ options:
         primaries stay without slots.
     type: bool
     default: true
+  remove:
+    description:
+      - Nodes outside O(nodes) that may leave the cluster, each as V(address:port) (as the refusal names it) or
+        as its node id. The operator's confirmation that they are to be drained and forgotten. A name that no
+        node knows (already removed) is ignored, so the same value may stay for a re-run.
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -130,6 +145,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.redis_infra.redis.plugins.module_utils.cluster import (
     ClusterRefused,
     agreement,
+    leaving_nodes,
     parse_nodes,
     plan,
     settled,
@@ -186,7 +202,7 @@ def migrate_slots(settings, observed, action, done, batch=100):
     ASK redirections), then the target, the source and every other primary learn the new owner. A slot
     left open by a cut-off run (importing and migrating between the same nodes) is taken up where it stopped."""
     source, target = observed[action["node"]], observed[action["target"]]
-    others = [node for node in observed if node is not source and node is not target
+    others = [node for node in observed if node is not source and node is not target and not node.get("error")
               and not parse_nodes(node.get("nodes")).get(node["id"], {}).get("primary")]
     auth = []
     if settings.get("password"):
@@ -244,8 +260,10 @@ def migrate_slots(settings, observed, action, done, batch=100):
             conn.close()
 
 
-def run(settings, nodes, replicas, timeout, check_mode, rebalance=True):
-    """Observe, plan and (unless check_mode) act; returns the module's result. Raises ClusterRefused."""
+def _observe_settled(settings, nodes, timeout, remove):
+    """Every node's answers once their views agree (or the last ones), the leaving nodes (confirmed by
+    `remove`) observed after them. A leaving node that answers with another id than the cluster knows it by
+    is not the node to remove: it is forgotten, never reset."""
     # Views that differ (a failover or a meeting still spreading) settle within a few cluster pings: the
     # plan is made from views that agree, or from the last ones, which it refuses when slots differ.
     deadline = time.monotonic() + min(timeout, 15)
@@ -253,11 +271,65 @@ def run(settings, nodes, replicas, timeout, check_mode, rebalance=True):
     while not settled(observed) and time.monotonic() < deadline:
         time.sleep(0.5)
         observed = observe(settings, nodes)
+    leaving = leaving_nodes(observed, remove)
+    for node, seen in zip(leaving, observe(settings, leaving), strict=True):
+        if not seen.get("error") and seen.get("id") != node["id"]:
+            seen["error"] = f"answers as node {seen['id']}, not as {node['id']}"
+        seen["id"] = node["id"]
+        observed.append(seen)
+    return observed
+
+
+def _send(settings, node, command, done, tolerate=()):
+    conn = connect(_node_settings(settings, node), 10)
+    try:
+        reply = conn.call(*command)
+    except RedisReplyError as exc:
+        if any(text in str(exc) for text in tolerate):
+            return
+        raise ClusterRefused(f"{' '.join(command[:2])} on {node['host']}/{node['name']} failed "
+                             f"({exc}) after: {'; '.join(done) or 'nothing'}") from None
+    finally:
+        conn.close()
+    if reply != "OK":
+        raise ClusterRefused(f"{' '.join(command[:2])} on {node['host']}/{node['name']} answered {reply!r}")
+
+
+def _failover(settings, observed, actions, timeout, done):
+    """CLUSTER FAILOVER on each heir, then wait until it says it is a primary with slots."""
+    for action in actions:
+        heir = observed[action["node"]]
+        _send(settings, heir, action["command"], done)
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = observe(settings, [heir])[0]
+            own = parse_nodes(seen.get("nodes")).get(seen.get("id"), {})
+            if not seen.get("error") and not own.get("primary") and own.get("slots"):
+                break
+            if time.monotonic() >= deadline:
+                raise ClusterRefused(f"{heir['host']}/{heir['name']} did not take over within {timeout} s "
+                                     f"after: {'; '.join(done) or 'nothing'}")
+            time.sleep(0.5)
+        done.append(action["why"])
+
+
+def run(settings, nodes, replicas, timeout, check_mode, rebalance=True, remove=()):
+    """Observe, plan and (unless check_mode) act; returns the module's result. Raises ClusterRefused."""
+    observed = _observe_settled(settings, nodes, timeout, remove)
     decided = plan(observed, replicas, rebalance)
+    done, before = [], []
+    if decided.get("replan") and not check_mode:
+        # A leaving primary's replica took over: what is left is planned from the cluster's new view.
+        _failover(settings, observed, decided["actions"], timeout, done)
+        before = [action["why"] for action in decided["actions"]]
+        wait_for(settings, nodes, "slots", timeout)
+        observed = _observe_settled(settings, nodes, timeout, remove)
+        decided = plan(observed, replicas, rebalance)
+        if decided.get("replan"):
+            raise ClusterRefused(f"a leaving node still serves slots after: {'; '.join(done)}")
     actions = decided["actions"]
-    done = []
     if not check_mode and actions:
-        for phase in ("epoch", "meet", "slots", "replicate", "migrate"):
+        for phase in ("epoch", "meet", "slots", "replicate", "migrate", "reattach", "forget"):
             steps = [action for action in actions if action["phase"] == phase]
             if steps and phase in ("slots", "replicate", "migrate") and any(a["phase"] == "meet" for a in actions):
                 wait_for(settings, nodes, "known", timeout)
@@ -271,28 +343,18 @@ def run(settings, nodes, replicas, timeout, check_mode, rebalance=True):
                     done.append(action["why"])
                 continue
             for action in steps:
-                node = observed[action["node"]]
-                node_settings = {key: value for key, value in settings.items() if key != "unix_socket"}
-                node_settings.update(host=node["address"], port=node["port"])
-                conn = connect(node_settings, 10)
-                try:
-                    reply = conn.call(*action["command"])
-                except RedisReplyError as exc:
-                    raise ClusterRefused(f"{' '.join(action['command'][:2])} on {node['host']}/{node['name']} failed "
-                                         f"({exc}) after: {'; '.join(done) or 'nothing'}") from None
-                finally:
-                    conn.close()
-                if reply != "OK":
-                    raise ClusterRefused(f"{' '.join(action['command'][:2])} on {node['host']}/{node['name']} "
-                                         f"answered {reply!r}")
+                # A node that was met during this run may not have heard of a leaving node: nothing to forget.
+                _send(settings, observed[action["node"]], action["command"], done,
+                      tolerate=("Unknown node",) if phase == "forget" else ())
                 done.append(action["why"])
         observed = wait_for(settings, nodes, "ok", timeout)
     warnings = []
     if decided["replicas_short"]:
         warnings.append(f"{decided['replicas_short']} replicas are missing: not enough nodes on other hosts than "
                         "their primaries")
-    return {"changed": bool(actions), "actions": [action["why"] for action in actions], "state": decided["state"],
-            "nodes": summary(observed), "warnings": warnings}
+    return {"changed": bool(before or actions), "actions": before + [action["why"] for action in actions],
+            "state": decided["state"], "nodes": summary([node for node in observed if not node.get("leaving")]),
+            "warnings": warnings}
 
 
 def main():
@@ -308,6 +370,7 @@ def main():
             "replicas": {"type": "int", "default": 1},
             "timeout": {"type": "int", "default": 60},
             "rebalance": {"type": "bool", "default": True},
+            "remove": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -319,7 +382,7 @@ def main():
         module.fail_json(msg=f"cannot read connection file {params['connection_file']}: {exc}")
     try:
         result = run(settings, params["nodes"], params["replicas"], params["timeout"], module.check_mode,
-                     params["rebalance"])
+                     params["rebalance"], params["remove"])
     except ClusterRefused as exc:
         module.fail_json(msg=str(exc))
     for warning in result.pop("warnings"):

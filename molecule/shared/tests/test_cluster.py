@@ -346,3 +346,36 @@ def test_cluster_grows_by_a_shard_added_to_the_inventory_under_writes(hosts, add
         info = fields(cli(hosts[name], max(PORTS) + 1, "CLUSTER", "INFO"))
         assert info["cluster_state"] == "ok" and info["cluster_size"] == "4", (name, info)
     assert_keys_intact(addresses)
+
+
+def test_cluster_shrinks_back_when_the_operator_confirms_the_removal_under_writes(hosts, addresses):
+    """The shard the previous test added, taken out of the inventory again (the scenario's own inventory):
+    the cluster step refuses, naming the nodes and the variable that confirms their removal; confirmed, it
+    drains them (no replica of theirs stays, so their slots move to the three primaries that stay) while a
+    cluster client writes, and every node forgets them. Only the cluster step runs (its tag), as an
+    operator would after a full run. Runs after the grow."""
+    leaving = [f"{addresses[name]}:{max(PORTS) + 1}" for name in CLUSTER_HOSTS[:2]]
+    assert all(node in nodes_view(hosts, addresses) for node in leaving), "the grow test did not run first"
+    refused = _converge("--tags", "redis_server_cluster")
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "redis_server_cluster_remove" in output, output[-3000:]
+    assert all(node in output for node in leaving), output[-3000:]
+    with ClusterWriter(addresses) as writer:
+        result = _converge("--tags", "redis_server_cluster", "-e", json.dumps({"redis_server_cluster_remove": leaving}))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert re.search(r"slots \d+-\d+ move from [0-9.:]+ \(leaving the cluster\)", output), output[-3000:]
+    assert writer.acknowledged > 100
+    assert writer.errors == [], sorted(set(writer.errors))[:5]
+    view = nodes_view(hosts, addresses)
+    assert len(view) == 6 and not set(leaving) & set(view), view
+    counts = sorted(slots for role, _, slots in view.values() if role == "primary")
+    assert counts == [5461, 5461, 5462], counts
+    for node, (role, primary, _) in view.items():
+        if role == "replica":
+            assert host_of(node, addresses) != host_of(primary, addresses)
+    for host in hosts.values():
+        for port in PORTS:
+            info = fields(cli(host, port, "CLUSTER", "INFO"))
+            assert info["cluster_state"] == "ok" and info["cluster_known_nodes"] == "6", info
+    assert_keys_intact(addresses)
