@@ -553,3 +553,46 @@ def test_slots_cut_off_at_every_other_step_are_finished_by_the_next_run(start_no
         assert not redis_cluster.run(settings, nodes, 1, 30, check_mode=False)["changed"]
     finally:
         client.close()
+
+
+# --- One shard: a restore's hold on its replicas --------------------------------------------------------------
+
+def test_a_held_shard_keeps_its_replica_from_taking_over_while_its_primary_is_down(start_nodes):
+    """redis_cluster_shard: the node's view of its shard; `failover: held` sets cluster-replica-no-failover on
+    its replica, which then stays a replica although its primary is down for longer than the node timeout;
+    the primary comes back with its slots, `allowed` undoes the hold, and the wait sees the replica in sync."""
+    from ansible_collections.redis_infra.redis.plugins.modules import redis_cluster_shard as shard
+
+    settings, nodes, _primaries, _ids, client, owner_and_other = _formed_cluster(start_nodes)
+    try:
+        for number in range(300):
+            client.set(f"{{held}}:{number}", number)
+        primary, _other = owner_and_other(client.keyslot("{held}:0"))
+        local = dict(settings, host="127.0.0.1", port=primary["port"])
+        seen = shard.inspect(local)
+        assert seen["role"] == "primary" and seen["cluster_state"] == "ok" and seen["open_slots"] == []
+        assert len(seen["replicas"]) == 1 and seen["keys"] >= 300
+        address, port = seen["_replicas"][0]
+        replica = next(node for node in nodes if node["port"] == port)
+        assert shard.inspect(dict(settings, host=address, port=port))["primary"] == f"127.0.0.1:{primary['port']}"
+        assert shard.set_failover(local, seen["_replicas"], True, check_mode=True)
+        assert _call(settings, replica, "CONFIG", "GET", "cluster-replica-no-failover")[1] == "no"
+        assert shard.set_failover(local, seen["_replicas"], True, check_mode=False)
+        assert not shard.set_failover(local, seen["_replicas"], True, check_mode=False)
+
+        process = start_nodes.processes[primary["port"]]
+        assert _call(settings, primary, "SAVE") == "OK"   # the test servers persist nothing by themselves
+        process.stop()
+        time.sleep(5)   # 2.5 node timeouts: without the hold the replica would have taken over
+        assert "cluster_state:fail" in _call(settings, replica, "CLUSTER", "INFO")
+        assert _call(settings, replica, "ROLE")[0] == "slave"
+        process.start()
+        redis_cluster.wait_for(settings, nodes, "ok", 30)
+        assert shard.inspect(local)["role"] == "primary"
+        assert shard.set_failover(local, seen["_replicas"], False, check_mode=False)
+        assert _call(settings, replica, "CONFIG", "GET", "cluster-replica-no-failover")[1] == "no"
+        counts = shard.wait_replicas(local, seen["_replicas"], 30)
+        assert counts == {f"{address}:{port}": shard.inspect(local)["keys"]}
+        assert [int(client.get(f"{{held}}:{number}")) for number in range(300)] == list(range(300))
+    finally:
+        client.close()

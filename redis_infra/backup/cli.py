@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also unpack the AOF archive to this directory (the instance's appenddirname)")
     restore.add_argument("--force", action="store_true",
                          help="replace existing targets (they are renamed to *.before-restore-<time>)")
+    restore.add_argument("--slots", metavar="RANGES",
+                         help="keep only the keys of these cluster slots, e.g. 0-5460,10923 (a shard's restore; "
+                              "loads the RDB into a scratch server)")
     restore.add_argument("--lock-wait", type=float, metavar="SECONDS",
                          help="wait this long for a running backup (default: timeouts.lock_wait)")
 
@@ -132,7 +135,7 @@ def _dispatch(cfg, args) -> ExitCode:
         return _verify(cfg, args)
     if args.command == "restore-prepare":
         result = engine.restore_prepare(cfg, args.backup, args.rdb_dest, args.aof_dir, args.force,
-                                        lock_wait=args.lock_wait)
+                                        lock_wait=args.lock_wait, slots=args.slots)
         print(json.dumps(result))
         return ExitCode.OK
     raise BackupError(ExitCode.CONFIG, f"unknown command {args.command}")

@@ -613,13 +613,104 @@ def _set_owner_like(path: str, reference: os.stat_result) -> None:
         os.chown(path, reference.st_uid, reference.st_gid, follow_symlinks=False)
 
 
+def parse_slots(text: str) -> list[tuple[int, int]]:
+    """"0-5460,10923" -> [(0, 5460), (10923, 10923)]; BackupError for anything else."""
+    ranges = []
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        start, _dash, end = item.partition("-")
+        if not (start.isdigit() and (end or start).isdigit()) or not 0 <= int(start) <= int(end or start) < 16384:
+            raise BackupError(ExitCode.CONFIG, f"--slots: {item!r} is not a slot or a range of slots (0-16383)")
+        ranges.append((int(start), int(end or start)))
+    if not ranges:
+        raise BackupError(ExitCode.CONFIG, "--slots: no slot given")
+    return ranges
+
+
+def _server_binary(cfg: BackupConfig) -> str:
+    """The redis-server (or valkey-server) beside the configured redis-check-rdb (Debian links them)."""
+    check_rdb = cfg.tool("rdb")
+    candidates = (check_rdb.replace("-check-rdb", "-server"), shutil.which("redis-server"),
+                  shutil.which("valkey-server"))
+    for path in candidates:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise BackupError(ExitCode.CONFIG, f"no redis-server or valkey-server beside {check_rdb} or in PATH")
+
+
+def keep_slots(cfg: BackupConfig, rdb_path: str, ranges: list[tuple[int, int]]) -> dict:
+    """Keep in the RDB at rdb_path only the keys of the given cluster slots (a shard's restore: the keys of
+    slots its node no longer serves would otherwise be dropped by Valkey, or left open as importing slots by
+    Redis). The RDB is loaded into a scratch server (no TCP port, run as the owner of the RDB's directory),
+    the other keys are deleted and the scratch server's own save replaces the file. Returns the keys kept
+    and dropped; keys that had expired are not loaded, so they count in neither."""
+    import pwd
+
+    import redis
+    from redis.crc import key_slot
+
+    from ..maintenance import MaintenanceError
+    from ..maintenance.scratch import ScratchServer
+
+    owned = bytearray(16384)
+    for start, end in ranges:
+        owned[start:end + 1] = b"\x01" * (end - start + 1)
+    parent = os.path.dirname(rdb_path)
+    owner = pwd.getpwuid(os.stat(parent).st_uid).pw_name if os.geteuid() == 0 else ""
+    try:
+        with ScratchServer(_server_binary(cfg), parent, owner, prefix=".slots-") as scratch:
+            os.replace(rdb_path, scratch.path("dump.rdb"))
+            try:
+                scratch.start(timeout=cfg.timeouts.check)
+                client = scratch.client(decode=False, timeout=cfg.timeouts.check)
+                other_dbs = [db for db in client.info("keyspace") if db != "db0"]
+                if other_dbs:
+                    raise BackupError(ExitCode.VERIFY, f"the backup holds keys in {', '.join(other_dbs)}: a cluster "
+                                                       "node has only database 0")
+                dropped = 0
+                for batch in _batches(client.scan_iter(count=1000), 1000):
+                    foreign = [key for key in batch if not owned[key_slot(key)]]
+                    if foreign:
+                        dropped += client.unlink(*foreign)
+                kept = client.dbsize()
+                client.save()
+                client.close()
+            finally:
+                scratch.stop()
+                # The scratch server's save if it got that far, else the file as it came: never nothing.
+                os.replace(scratch.path("dump.rdb"), rdb_path)
+    except (MaintenanceError, redis.RedisError) as exc:
+        raise BackupError(ExitCode.VERIFY, f"the backup could not be loaded to keep slots {_ranges_text(ranges)}: "
+                                           f"{exc}") from None
+    log.info("kept %d keys of slots %s, dropped %d of other slots", kept, _ranges_text(ranges), dropped)
+    return {"slots": _ranges_text(ranges), "kept_keys": kept, "dropped_keys": dropped}
+
+
+def _batches(items, size):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _ranges_text(ranges):
+    return ",".join(f"{start}-{end}" if end != start else str(start) for start, end in ranges)
+
+
 def restore_prepare(cfg: BackupConfig, name: str | None, rdb_dest: str, aof_dest: str | None, force: bool,
-                    lock_wait: float | None = None, clock: Clock = utcnow) -> dict:
-    """Verify a backup (default: the newest valid one) and unpack it to rdb_dest (and aof_dest).
+                    lock_wait: float | None = None, clock: Clock = utcnow, slots: str | None = None) -> dict:
+    """Verify a backup (default: the newest valid one) and unpack it to rdb_dest (and aof_dest); with
+    `slots` ("0-5460,..."), keep only the keys of those cluster slots (keep_slots; not with aof_dest).
 
     Existing targets are only replaced with force, and are then renamed to `<path>.before-restore-<time>`,
     never deleted. New files get the owner of the file they replace, or of the target directory.
     """
+    ranges = parse_slots(slots) if slots is not None else None
+    if ranges and aof_dest:
+        raise BackupError(ExitCode.CONFIG, "--slots keeps keys in the RDB only: restore without --aof-dir")
     rdb_dest = os.path.abspath(rdb_dest)
     aof_dest = os.path.abspath(aof_dest) if aof_dest else None
     for target in filter(None, (rdb_dest, aof_dest)):
@@ -639,7 +730,7 @@ def restore_prepare(cfg: BackupConfig, name: str | None, rdb_dest: str, aof_dest
         else:
             candidates = list_backups(cfg, verify_sums=False)
         for backup in candidates:
-            result = _try_restore(cfg, backup, rdb_dest, aof_dest, clock)
+            result = _try_restore(cfg, backup, rdb_dest, aof_dest, clock, ranges)
             if isinstance(result, dict):
                 return result
             if name:
@@ -649,7 +740,8 @@ def restore_prepare(cfg: BackupConfig, name: str | None, rdb_dest: str, aof_dest
                                               + (" with an AOF archive" if aof_dest else ""))
 
 
-def _try_restore(cfg: BackupConfig, backup: Backup, rdb_dest: str, aof_dest: str | None, clock: Clock):
+def _try_restore(cfg: BackupConfig, backup: Backup, rdb_dest: str, aof_dest: str | None, clock: Clock,
+                 ranges: list[tuple[int, int]] | None = None):
     storage.check_sums(backup)
     if not backup.valid:
         return ExitCode.VERIFY, backup.detail or backup.status
@@ -671,6 +763,9 @@ def _try_restore(cfg: BackupConfig, backup: Backup, rdb_dest: str, aof_dest: str
         passed, output = storage.run_check(cfg.tool("rdb"), rdb_tmp, cfg.timeouts.check)
         if not passed:
             return ExitCode.VERIFY, f"redis-check-rdb failed: {output}"
+        kept = keep_slots(cfg, rdb_tmp, ranges) if ranges else {}
+        if kept:
+            size = os.path.getsize(rdb_tmp)
         aof_tmp = None
         if aof_dest:
             aof_tmp = os.path.join(os.path.dirname(aof_dest), f".tmp-restore-{os.path.basename(aof_dest)}.{pid}")
@@ -699,4 +794,4 @@ def _try_restore(cfg: BackupConfig, backup: Backup, rdb_dest: str, aof_dest: str
             raise storage.write_error(exc, os.path.dirname(rdb_dest)) from None
     log.info("restored %s to %s%s", backup.id, rdb_dest, f" and its AOF to {aof_dest}" if aof_dest else "")
     return {"backup": backup.id, "time": iso(backup.time), "rdb": rdb_dest, "rdb_size": size,
-            "aof_dir": aof_dest, "previous": moved}
+            "aof_dir": aof_dest, "previous": moved, **kept}

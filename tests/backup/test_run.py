@@ -111,6 +111,44 @@ def test_restore_round_trip(make_env, redis_factory):
     assert client.ttl("ttl:1") > 0
 
 
+def test_restore_prepare_keeps_only_the_keys_of_a_shards_slots(make_env, redis_factory):
+    """A cluster shard's restore: the backup loaded into a scratch server, only the keys of the given slots
+    kept (hash tags counted as the cluster does), every type and TTL intact, the server's own save in place."""
+    from redis.crc import key_slot
+
+    env = make_env()
+    expected = fill(env.admin, 200)
+    env.admin.set("{tagged}:one", "1")
+    env.admin.set("{tagged}:two", "2")
+    assert env.cli("run").code == 0
+    ranges = [(0, 5460), (key_slot(b"{tagged}:one"), key_slot(b"{tagged}:one"))]
+    spec = ",".join(f"{low}-{high}" for low, high in ranges)
+
+    def owned(key):
+        return any(low <= key_slot(key.encode()) <= high for low, high in ranges)
+
+    target = env.tmp / "shard"
+    target.mkdir()
+    result = env.cli("restore-prepare", "--rdb-dest", str(target / "dump.rdb"), "--slots", spec)
+    assert result.code == 0, result.stderr
+    import json
+
+    report = json.loads(result.stdout)
+    keep = {key: value for key, value in {**expected, "{tagged}:one": "1", "{tagged}:two": "2"}.items() if owned(key)}
+    assert report["kept_keys"] == len(keep) and report["dropped_keys"] == len(expected) + 2 - len(keep)
+    assert 0 < len(keep) < len(expected) and "{tagged}:two" in keep
+    assert [path.name for path in target.iterdir()] == ["dump.rdb"]   # no scratch directory left behind
+    fresh = redis_factory(f"dir {target}\ndbfilename dump.rdb\n")
+    client = redis.Redis(port=fresh.port, decode_responses=True)
+    assert dump_all(client) == keep
+    if "ttl:1" in keep:
+        assert client.ttl("ttl:1") > 0
+    for bad in ("16384", "5-3", "x", ""):
+        refused = env.cli("restore-prepare", "--rdb-dest", str(env.tmp / "other.rdb"), "--slots", bad)
+        assert refused.code == 2 and "--slots" in refused.stderr, (bad, refused.stderr)
+    assert not (env.tmp / "other.rdb").exists()
+
+
 def test_restore_prepare_refuses_to_overwrite_without_force(make_env):
     env = make_env()
     fill(env.admin, 3)

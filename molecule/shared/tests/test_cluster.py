@@ -211,6 +211,64 @@ def test_cluster_backups_run_on_every_shard_and_health_checkers_report_the_clust
             assert f'redis_cluster_slots_ok{{redis_instance="{instance}"}} 16384.0' in metrics
 
 
+def test_cluster_shard_restore_brings_back_its_keys_and_leaves_the_other_shards_alone(hosts, addresses):
+    """playbooks/restore.yml on one primary of the cluster: its replica is held from taking over while it is
+    down, it keeps its identity (nodes.conf) and slots, gets the backup's keys of its own slots only, its
+    replica resyncs, and the keys of the other shards keep the writes made after the backup."""
+    view = nodes_view(hosts, addresses)
+    node = sorted(endpoint for endpoint, (role, _, _) in view.items() if role == "primary")[0]
+    name = host_of(node, addresses)
+    port = int(node.rsplit(":", 1)[1])
+    instance = NAMES[PORTS.index(port)]
+    host = hosts[name]
+    node_id = cli(host, port, "CLUSTER", "MYID").splitlines()[-1]
+    own = next(line.split() for line in cli(host, port, "CLUSTER", "NODES").splitlines() if node_id in line.split()[0])
+    ranges = [tuple(int(part) for part in (item.split("-") * 2)[:2]) for item in own[8:] if not item.startswith("[")]
+    backup = host.run(f"redis-infra-backup --config /etc/redis-infra/backup/{instance}.toml run")
+    assert backup.rc == 0, backup.stderr
+
+    client = cluster_client(addresses)
+    try:
+        def restored(key):
+            return any(low <= client.keyslot(key) <= high for low, high in ranges)
+
+        for start in range(0, KEYS, 1000):
+            client.mset_nonatomic({f"app:cluster:{i}": f"changed-{i}" for i in range(start, start + 1000)})
+        client.mset_nonatomic({f"after:restore:{i}": i for i in range(300)})
+        restore = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "restore.yml")
+        result = _playbook(restore, "--limit", name, "-e", f"redis_backup_restore_instance={instance}",
+                           "-e", "confirm=yes")
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-3000:]
+        assert "Cluster shard: kept the backup's" in output, output[-3000:]
+        names = [f"app:cluster:{i}" for i in range(KEYS)]
+        values = client.mget_nonatomic(names)
+        wrong = [(key, value) for i, (key, value) in enumerate(zip(names, values, strict=True))
+                 if value != (str(i) if restored(key) else f"changed-{i}").encode()]
+        assert wrong == [], f"{len(wrong)} keys wrong, e.g. {wrong[:5]}"
+        assert 0 < sum(map(restored, names)) < KEYS
+        later = client.mget_nonatomic([f"after:restore:{i}" for i in range(300)])
+        assert [value is None for value in later] == [restored(f"after:restore:{i}") for i in range(300)]
+        # The same node, still the shard's primary with its slots; its replica holds its keys and may take over.
+        assert cli(host, port, "CLUSTER", "MYID").splitlines()[-1] == node_id
+        after = nodes_view(hosts, addresses)
+        assert after[node][0] == "primary" and after[node][2] == view[node][2]
+        replica = next(endpoint for endpoint, (role, primary, _) in after.items() if primary == node)
+        replica_host, replica_port = hosts[host_of(replica, addresses)], int(replica.rsplit(":", 1)[1])
+        assert cli(replica_host, replica_port, "DBSIZE").splitlines()[-1] == cli(host, port, "DBSIZE").splitlines()[-1]
+        assert cli(replica_host, replica_port, "CONFIG", "GET", "cluster-replica-no-failover").splitlines()[-1] == "no"
+        for each in hosts.values():
+            for each_port in PORTS:
+                assert fields(cli(each, each_port, "CLUSTER", "INFO"))["cluster_state"] == "ok"
+        # Back to the data the later tests expect.
+        for start in range(0, KEYS, 1000):
+            client.mset_nonatomic({f"app:cluster:{i}": i for i in range(start, start + 1000)})
+        for i in range(300):
+            client.delete(f"after:restore:{i}")
+    finally:
+        client.close()
+
+
 def test_cluster_stopped_primary_is_replaced_and_a_rerun_changes_nothing(hosts, addresses):
     """Stopping a primary's instance: its replica takes over within about the node timeout and writes to
     its slots resume; started again, it rejoins as a replica; a converge then changes nothing."""
