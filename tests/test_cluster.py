@@ -274,6 +274,65 @@ def test_rebalance_drains_a_leaving_primary_to_those_that_stay():
     assert {source for source, *_rest in only} == {3} and sum(h - lo + 1 for *_st, lo, h in only) == 384
 
 
+def _synthetic(entries, inventory, leaving=()):
+    """Observed nodes from a made-up cluster: entries are (id, port, primary id or None, slot tokens); every
+    node sees the same table. inventory: (id, host, name) of the nodes of the inventory; leaving: their ids."""
+    lines = {node_id: f"{node_id} 127.0.0.1:{port}@{port + 10000} {'slave' if primary else 'master'} "
+                      f"{primary or '-'} 0 0 1 connected {' '.join(slots)}".strip()
+             for node_id, port, primary, slots in entries}
+    ports = {node_id: port for node_id, port, _primary, _slots in entries}
+
+    def view(node_id):
+        own = lines[node_id].replace(" slave ", " myself,slave ").replace(" master ", " myself,master ")
+        return "\n".join([own] + [line for other, line in lines.items() if other != node_id])
+
+    observed = [{"host": host, "name": name, "address": "127.0.0.1", "port": ports[node_id], "id": node_id,
+                 "nodes": view(node_id), "keys": 1} for node_id, host, name in inventory]
+    observed += [{"host": "leaving", "name": f"127.0.0.1:{ports[node_id]}", "address": "127.0.0.1",
+                  "port": ports[node_id], "id": node_id, "nodes": view(node_id), "keys": 1, "leaving": True}
+                 for node_id in leaving]
+    return observed
+
+
+def test_a_removal_is_refused_before_its_failover_when_what_follows_is_refused():
+    """Removing a primary whose replica stays, with spare nodes that make no whole shard: the plan refuses
+    before the failover instead of failing over and refusing afterwards."""
+    ids = [f"{index:040x}" for index in range(8)]
+    ranges = [f"{start}-{end}" for start, end in cluster.slot_ranges(3)]
+    entries = [(ids[i], 7000 + i, None, [ranges[i]]) for i in range(3)]
+    entries += [(ids[3 + i], 7003 + i, ids[i], []) for i in range(3)]
+    entries += [(ids[6], 7006, None, []), (ids[7], 7007, None, [])]
+    inventory = [(ids[1], "h2", "a"), (ids[2], "h3", "a"), (ids[3], "h2", "b"), (ids[4], "h3", "b"),
+                 (ids[5], "h1", "b"), (ids[6], "h1", "c"), (ids[7], "h3", "c")]
+    # After the failover one spare node becomes the new primary's replica; the other makes no whole shard.
+    with pytest.raises(cluster.ClusterRefused, match="whole shards"):
+        cluster.plan(_synthetic(entries, inventory, leaving=[ids[0]]), 1)
+    # Without the spare node the failover is planned, and what follows it is listed.
+    decided = cluster.plan(_synthetic(entries[:6], inventory[:5], leaving=[ids[0]]), 1)
+    assert decided["replan"] and [action["phase"] for action in decided["actions"]] == ["failover"]
+    assert decided["actions"][0]["node"] == 2 and any("forgets" in why for why in decided["then"])
+
+
+def test_a_drain_cut_off_in_the_middle_of_a_slot_is_finished_by_the_next_run():
+    ids = [f"{index:040x}" for index in range(8)]
+    ranges = cluster.slot_ranges(4)
+    entries = [(ids[i], 7000 + i, None, [f"{start}-{end}" for start, end in [ranges[i]]]) for i in range(4)]
+    entries += [(ids[4 + i], 7004 + i, ids[i], []) for i in range(4)]
+    # The leaving primary (shard 4, whose replica leaves too) is migrating its first slot to the first primary.
+    slot = ranges[3][0]
+    entries[3] = (ids[3], 7003, None, entries[3][3] + [f"[{slot}->-{ids[0]}]"])
+    entries[0] = (ids[0], 7000, None, entries[0][3] + [f"[{slot}-<-{ids[3]}]"])
+    inventory = [(ids[i], f"h{i + 1}", "a") for i in range(3)] + [(ids[4 + i], f"h{(i + 1) % 3 + 1}", "b")
+                                                                   for i in range(3)]
+    decided = cluster.plan(_synthetic(entries, inventory, leaving=[ids[3], ids[7]]), 1)
+    whys = [action["why"] for action in decided["actions"]]
+    assert f"slot {slot}, left open by a cut-off run, moves on from 127.0.0.1:7003 (leaving the cluster)" in whys[0]
+    moved = sum(action["slots"][1] - action["slots"][0] + 1 for action in decided["actions"]
+                if action["phase"] == "migrate")
+    assert moved == ranges[3][1] - ranges[3][0] + 1
+    assert sum("forgets" in why for why in whys) == 12
+
+
 def test_left_over_nodes_that_make_no_whole_shard_are_refused():
     # Three formed shards of two (no replicas missing) and one more empty node: half a shard.
     observed = []
@@ -577,8 +636,11 @@ def test_a_held_shard_keeps_its_replica_from_taking_over_while_its_primary_is_do
         assert shard.inspect(dict(settings, host=address, port=port))["primary"] == f"127.0.0.1:{primary['port']}"
         assert shard.set_failover(local, seen["_replicas"], True, check_mode=True)
         assert _call(settings, replica, "CONFIG", "GET", "cluster-replica-no-failover")[1] == "no"
+        assert shard.holds(local, seen["_replicas"]) == ([], [])
         assert shard.set_failover(local, seen["_replicas"], True, check_mode=False)
         assert not shard.set_failover(local, seen["_replicas"], True, check_mode=False)
+        assert shard.holds(local, seen["_replicas"]) == ([f"{address}:{port}"], [])
+        assert shard.slots_with_keys(local, seen["slots"]) == f"{client.keyslot('{held}:0')}-{client.keyslot('{held}:0')}"
 
         process = start_nodes.processes[primary["port"]]
         assert _call(settings, primary, "SAVE") == "OK"   # the test servers persist nothing by themselves

@@ -280,7 +280,11 @@ def plan(observed, replicas, balance=True):
         reference, keys_in_cluster, resumed = {}, 0, []
     draining, failovers = _leaving_shards(every, leaving, reference, ours)
     if failovers:
-        return {"actions": failovers, "state": "completing", "primaries": [], "replicas_short": 0, "replan": True}
+        # Nothing is sent unless what comes after the failovers is allowed too: the rest is planned now on the
+        # views as they will be (this raises ClusterRefused before the first failover when it is refused).
+        rest = plan(_after_failovers(every, failovers), replicas, balance)
+        return {"actions": failovers, "state": "completing", "primaries": [], "replicas_short": 0, "replan": True,
+                "then": [action["why"] for action in rest["actions"]]}
 
     # Masters with slots are the primaries; a member without slots and without a primary is free.
     primaries = [index for index in cluster
@@ -379,8 +383,8 @@ def plan(observed, replicas, balance=True):
     for source, target, slot, settle in resumed:
         actions.append({"node": source, "target": target, "phase": "migrate", "slots": [slot, slot], "settle": settle,
                         "command": ["MIGRATE-SLOTS", str(slot), str(slot)],
-                        "why": f"slot {slot}, left open by a cut-off run, moves on from {_label(observed[source])} to "
-                               f"{_label(observed[target])}"})
+                        "why": f"slot {slot}, left open by a cut-off run, moves on from {_label(every[source])} to "
+                               f"{_label(every[target])}"})
     if not creating and (balance or draining):
         holders = {index: _slot_list(reference[observed[index]["id"]]["slots"]) for index in chosen}
         holders.update({index: [] for index in growing})
@@ -414,7 +418,8 @@ def _leaving_shards(every, leaving, reference, ours):
         entry = reference.get(node["id"])
         if not entry or not entry["slots"] or "master" not in entry["flags"]:
             continue
-        heirs = [ours[other] for other, item in reference.items()
+        linked_first = sorted(reference.items(), key=lambda pair: pair[1]["link"] != "connected")
+        heirs = [ours[other] for other, item in linked_first
                  if item.get("primary") == node["id"] and other in ours and not {"fail", "fail?"} & item["flags"]]
         if heirs:
             heir = every[heirs[0]]
@@ -429,6 +434,41 @@ def _leaving_shards(every, leaving, reference, ours):
         else:
             draining.append(index)
     return draining, failovers
+
+
+def _after_failovers(every, failovers):
+    """The observed nodes as they will be once each failover is done: in every view the heir is a primary
+    with its old primary's slots, and the old primary and its other replicas replicate the heir."""
+    swaps = {every[action["node"]]["id"]: None for action in failovers}
+    for node in every:
+        for entry_id, entry in parse_nodes(node.get("nodes")).items():
+            if entry_id in swaps and entry["primary"]:
+                swaps[entry_id] = entry["primary"]
+
+    def rewrite(text):
+        lines = [line.split() for line in (text or "").splitlines()]
+        slots_of = {fields[0]: [item for item in fields[8:] if not item.startswith("[")] for fields in lines
+                    if len(fields) >= 8}
+        result = []
+        for fields in lines:
+            if len(fields) < 8:
+                continue
+            for heir, old in swaps.items():
+                if old is None:
+                    continue
+                flags = fields[2].split(",")
+                if fields[0] == heir:
+                    flags = ["master" if flag == "slave" else flag for flag in flags]
+                    fields = fields[:2] + [",".join(flags), "-"] + fields[4:8] + slots_of.get(old, [])
+                elif fields[0] == old:
+                    flags = ["slave" if flag == "master" else flag for flag in flags]
+                    fields = fields[:2] + [",".join(flags), heir] + fields[4:8]
+                elif fields[3] == old:
+                    fields = fields[:3] + [heir] + fields[4:]
+            result.append(" ".join(fields))
+        return "\n".join(result)
+
+    return [dict(node, nodes=rewrite(node["nodes"])) if node.get("nodes") else dict(node) for node in every]
 
 
 def _slot_list(ranges):

@@ -287,16 +287,17 @@ def _observe_settled(settings, nodes, timeout, remove):
 
 
 def _send(settings, node, command, done, tolerate=()):
-    conn = connect(_node_settings(settings, node), 10)
     try:
-        reply = conn.call(*command)
-    except RedisReplyError as exc:
-        if any(text in str(exc) for text in tolerate):
+        conn = connect(_node_settings(settings, node), 10)
+        try:
+            reply = conn.call(*command)
+        finally:
+            conn.close()
+    except (RedisReplyError, OSError, ConnectionError, TLSFilesError) as exc:
+        if isinstance(exc, RedisReplyError) and any(text in str(exc) for text in tolerate):
             return
         raise ClusterRefused(f"{' '.join(command[:2])} on {node['host']}/{node['name']} failed "
-                             f"({exc}) after: {'; '.join(done) or 'nothing'}") from None
-    finally:
-        conn.close()
+                             f"({exc or type(exc).__name__}) after: {'; '.join(done) or 'nothing'}") from None
     if reply != "OK":
         raise ClusterRefused(f"{' '.join(command[:2])} on {node['host']}/{node['name']} answered {reply!r}")
 
@@ -328,9 +329,12 @@ def run(settings, nodes, replicas, timeout, check_mode, rebalance=True, remove=(
         # A leaving primary's replica took over: what is left is planned from the cluster's new view.
         _failover(settings, observed, decided["actions"], timeout, done)
         before = [action["why"] for action in decided["actions"]]
-        wait_for(settings, nodes, "slots", timeout)
-        observed = _observe_settled(settings, nodes, timeout, remove)
-        decided = plan(observed, replicas, rebalance)
+        try:
+            wait_for(settings, nodes, "slots", timeout)
+            observed = _observe_settled(settings, nodes, timeout, remove)
+            decided = plan(observed, replicas, rebalance)
+        except ClusterRefused as exc:
+            raise ClusterRefused(f"{exc} (after: {'; '.join(done)})") from None
         if decided.get("replan"):
             raise ClusterRefused(f"a leaving node still serves slots after: {'; '.join(done)}")
     actions = decided["actions"]
@@ -358,7 +362,10 @@ def run(settings, nodes, replicas, timeout, check_mode, rebalance=True, remove=(
     if decided["replicas_short"]:
         warnings.append(f"{decided['replicas_short']} replicas are missing: not enough nodes on other hosts than "
                         "their primaries")
-    return {"changed": bool(before or actions), "actions": before + [action["why"] for action in actions],
+    listed = before + [action["why"] for action in actions]
+    if check_mode and decided.get("replan"):
+        listed += [f"then: {why}" for why in decided["then"]]
+    return {"changed": bool(before or actions), "actions": listed,
             "state": decided["state"], "nodes": summary([node for node in observed if not node.get("leaving")]),
             "warnings": warnings}
 

@@ -21,6 +21,10 @@ description:
     cluster knows it by, with the credentials and TLS settings of O(connection_file).
   - With O(wait_replicas), waits until every replica of the node has its link to it up, no sync in progress and
     as many keys as the node itself, and fails naming those that did not.
+  - With O(expect_slots), fails unless the node is a primary that serves exactly those slots (a failover since an
+    earlier look), before O(failover) or O(wait_replicas) acts.
+  - Reads each replica's C(cluster-replica-no-failover) (RV(held_replicas)); replicas that do not answer are
+    listed in RV(unreachable_replicas).
 options:
   connection_file:
     description: Connection file of the node on this host, whose user may run C(CLUSTER), C(CONFIG) and C(INFO).
@@ -34,6 +38,14 @@ options:
     description: Seconds to wait for the replicas to hold the node's data (0, the default, does not wait).
     type: int
     default: 0
+  expect_slots:
+    description: The slots (C(start-end) runs, as RV(slots) gives them) the node must serve as a primary.
+    type: list
+    elements: str
+  count_keys:
+    description: Also count the keys of each of the node's slots (C(CLUSTER COUNTKEYSINSLOT)), for RV(slots_with_keys).
+    type: bool
+    default: false
   replicas:
     description:
       - The replicas as V(address:port), instead of those the node names (C(replicas) of an earlier run). Lets
@@ -104,6 +116,20 @@ replica_keys:
   description: With O(wait_replicas), each replica's key count once it holds the node's data.
   returned: when O(wait_replicas) is set
   type: dict
+held_replicas:
+  description: V(address:port) of the replicas whose C(cluster-replica-no-failover) is C(yes) (before O(failover) acts).
+  returned: always
+  type: list
+  elements: str
+unreachable_replicas:
+  description: V(address:port) of the replicas that did not answer, each with the error.
+  returned: always
+  type: list
+  elements: str
+slots_with_keys:
+  description: With O(count_keys), the node's slots that hold keys, as comma-separated C(start-end) runs.
+  returned: when O(count_keys) is set
+  type: str
 """
 
 import time
@@ -160,27 +186,76 @@ def inspect(settings):
     }
 
 
-def set_failover(settings, replicas, held, check_mode):
-    """cluster-replica-no-failover on each replica; returns whether one was (or would be) changed."""
-    wanted = "yes" if held else "no"
-    changed = False
+def _no_failover(settings, address, port):
+    reply = _call(settings, "CONFIG", "GET", "cluster-replica-no-failover", address=address, port=port)
+    return dict(zip(reply[::2], reply[1::2], strict=True)).get("cluster-replica-no-failover") if reply else None
+
+
+def holds(settings, replicas):
+    """(replicas whose cluster-replica-no-failover is yes, replicas that did not answer with the error)."""
+    held, unreachable = [], []
     for address, port in replicas:
-        reply = _call(settings, "CONFIG", "GET", "cluster-replica-no-failover", address=address, port=port)
-        current = dict(zip(reply[::2], reply[1::2], strict=True)).get("cluster-replica-no-failover") if reply else None
-        if current == wanted:
-            continue
-        changed = True
-        if not check_mode:
-            answer = _call(settings, "CONFIG", "SET", "cluster-replica-no-failover", wanted, address=address, port=port)
-            if answer != "OK":
-                raise ShardError(f"CONFIG SET cluster-replica-no-failover {wanted} on {address}:{port} "
-                                 f"answered {answer!r}")
+        try:
+            if _no_failover(settings, address, port) == "yes":
+                held.append(f"{address}:{port}")
+        except ShardError as exc:
+            unreachable.append(str(exc))
+    return held, unreachable
+
+
+def set_failover(settings, replicas, held, check_mode):
+    """cluster-replica-no-failover on each replica; returns whether one was (or would be) changed. Every replica
+    is tried; those that failed are named at the end."""
+    wanted = "yes" if held else "no"
+    changed, errors = False, []
+    for address, port in replicas:
+        try:
+            if _no_failover(settings, address, port) == wanted:
+                continue
+            changed = True
+            if not check_mode:
+                answer = _call(settings, "CONFIG", "SET", "cluster-replica-no-failover", wanted, address=address,
+                               port=port)
+                if answer != "OK":
+                    errors.append(f"CONFIG SET cluster-replica-no-failover {wanted} on {address}:{port} answered "
+                                  f"{answer!r}")
+        except ShardError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ShardError(f"cluster-replica-no-failover {wanted} was not set on every replica: " + "; ".join(errors))
     return changed
 
 
+def slots_with_keys(settings, ranges):
+    """The slots of ranges ("start-end") that hold keys on the node, as "start-end" runs joined by commas."""
+    runs = []
+    try:
+        conn = connect(dict(settings), 10)
+        try:
+            for item in ranges:
+                start, _dash, end = item.partition("-")
+                for slot in range(int(start), int(end or start) + 1):
+                    if int(conn.call("CLUSTER", "COUNTKEYSINSLOT", slot)):
+                        if runs and runs[-1][1] == slot - 1:
+                            runs[-1][1] = slot
+                        else:
+                            runs.append([slot, slot])
+        finally:
+            conn.close()
+    except ERRORS as exc:
+        raise ShardError(f"CLUSTER COUNTKEYSINSLOT on instance {settings.get('name', '?')}: {exc}") from None
+    return ",".join(f"{start}-{end}" for start, end in runs)
+
+
+def _fields(text):
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
 def wait_replicas(settings, replicas, timeout):
-    """Until every replica's link is up, no sync runs and it holds as many keys as the node: {endpoint: keys}."""
+    """Until every replica's link is up, no sync runs and it has applied the node's replication stream up to
+    where it stood when the wait began (clients writing meanwhile do not keep the wait going): {endpoint: keys}."""
     deadline = time.monotonic() + timeout
+    target = int(_fields(_call(settings, "INFO", "replication")).get("master_repl_offset", 0))
     while True:
         keys = int(_call(settings, "DBSIZE"))
         counts, behind = {}, []
@@ -192,11 +267,13 @@ def wait_replicas(settings, replicas, timeout):
             except ShardError as exc:
                 behind.append(f"{endpoint}: {exc}")
                 continue
-            fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+            fields = _fields(text)
+            offset = int(fields.get("slave_repl_offset", -1))
             if fields.get("master_link_status") != "up" or fields.get("master_sync_in_progress", "0") != "0" \
-                    or count != keys:
+                    or offset < target:
                 behind.append(f"{endpoint}: link {fields.get('master_link_status', '?')}, "
-                              f"sync in progress {fields.get('master_sync_in_progress', '?')}, {count} keys")
+                              f"sync in progress {fields.get('master_sync_in_progress', '?')}, offset {offset} of "
+                              f"{target}, {count} keys (the node has {keys})")
             counts[endpoint] = count
         if not behind:
             return counts
@@ -213,6 +290,8 @@ def main():
             "failover": {"type": "str", "choices": ["held", "allowed"]},
             "wait_replicas": {"type": "int", "default": 0},
             "replicas": {"type": "list", "elements": "str"},
+            "expect_slots": {"type": "list", "elements": "str"},
+            "count_keys": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -238,6 +317,16 @@ def main():
             if bad:
                 module.fail_json(msg=f"replicas: not address:port: {', '.join(bad)}")
             replicas = [(item.rpartition(":")[0], int(item.rpartition(":")[2])) for item in given]
+        expected = params["expect_slots"]
+        if expected is not None and (result["role"] != "primary" or result["slots"] != expected):
+            module.fail_json(msg=f"the node is no longer the primary of slots {','.join(expected)}: it is a "
+                                 f"{result['role'] or 'node that does not answer'}"
+                                 + (f" of {result['primary']}" if result["primary"] else "")
+                                 + (f" serving {','.join(result['slots'])}" if result["slots"] else "")
+                                 + "; a failover or a slot move happened meanwhile", **result)
+        result["held_replicas"], result["unreachable_replicas"] = holds(settings, replicas)
+        if params["count_keys"]:
+            result["slots_with_keys"] = slots_with_keys(settings, result["slots"])
         changed = False
         if params["failover"]:
             changed = set_failover(settings, replicas, params["failover"] == "held", module.check_mode)

@@ -637,13 +637,19 @@ def _server_binary(cfg: BackupConfig) -> str:
     raise BackupError(ExitCode.CONFIG, f"no redis-server or valkey-server beside {check_rdb} or in PATH")
 
 
-def keep_slots(cfg: BackupConfig, rdb_path: str, ranges: list[tuple[int, int]]) -> dict:
+def keep_slots(cfg: BackupConfig, rdb_path: str, ranges: list[tuple[int, int]], parent: str = "/var/tmp",
+               require: list[tuple[int, int]] | None = None) -> dict:
     """Keep in the RDB at rdb_path only the keys of the given cluster slots (a shard's restore: the keys of
     slots its node no longer serves would otherwise be dropped by Valkey, or left open as importing slots by
-    Redis). The RDB is loaded into a scratch server (no TCP port, run as the owner of the RDB's directory),
-    the other keys are deleted and the scratch server's own save replaces the file. Returns the keys kept
-    and dropped; keys that had expired are not loaded, so they count in neither."""
+    Redis). A copy of the RDB is loaded into a scratch server (no TCP port, run as the owner of the RDB's
+    directory) in a directory of root's own under `parent`, never in the data directory, which the server's
+    account could change under root's feet; the other keys are deleted there and the scratch server's own
+    save replaces the file (written beside it, then renamed). Returns the keys kept and dropped and the slots
+    that hold kept keys; keys that had expired are not loaded, so they count in neither. A slot of `require`
+    (those that hold keys on the node now) without a key in the backup is refused, the file left as it was: the
+    slot came to the node after the backup, and the restore would empty it."""
     import pwd
+    import tempfile
 
     import redis
     from redis.crc import key_slot
@@ -654,35 +660,90 @@ def keep_slots(cfg: BackupConfig, rdb_path: str, ranges: list[tuple[int, int]]) 
     owned = bytearray(16384)
     for start, end in ranges:
         owned[start:end + 1] = b"\x01" * (end - start + 1)
-    parent = os.path.dirname(rdb_path)
-    owner = pwd.getpwuid(os.stat(parent).st_uid).pw_name if os.geteuid() == 0 else ""
+    directory = os.path.dirname(rdb_path)
+    owner = pwd.getpwuid(os.stat(directory).st_uid).pw_name if os.geteuid() == 0 else ""
+    filtered = f"{rdb_path}.slots"
     try:
-        with ScratchServer(_server_binary(cfg), parent, owner, prefix=".slots-") as scratch:
-            os.replace(rdb_path, scratch.path("dump.rdb"))
-            try:
-                scratch.start(timeout=cfg.timeouts.check)
-                client = scratch.client(decode=False, timeout=cfg.timeouts.check)
-                other_dbs = [db for db in client.info("keyspace") if db != "db0"]
-                if other_dbs:
-                    raise BackupError(ExitCode.VERIFY, f"the backup holds keys in {', '.join(other_dbs)}: a cluster "
-                                                       "node has only database 0")
-                dropped = 0
-                for batch in _batches(client.scan_iter(count=1000), 1000):
-                    foreign = [key for key in batch if not owned[key_slot(key)]]
-                    if foreign:
-                        dropped += client.unlink(*foreign)
-                kept = client.dbsize()
-                client.save()
-                client.close()
-            finally:
-                scratch.stop()
-                # The scratch server's save if it got that far, else the file as it came: never nothing.
-                os.replace(scratch.path("dump.rdb"), rdb_path)
+        # Root's own directory, which the server's account may only pass through to its scratch directory.
+        home = tempfile.mkdtemp(prefix="redis-infra-slots-", dir=parent)
+    except OSError as exc:
+        raise storage.write_error(exc, parent) from None
+    try:
+        os.chmod(home, 0o711)  # noqa: S103 - root's own directory, passable (not readable) to the server's account
+        with ScratchServer(_server_binary(cfg), home, owner, prefix="s-") as scratch:
+            _copy_nofollow(rdb_path, scratch.path("dump.rdb"))
+            scratch.start(timeout=cfg.timeouts.check)
+            client = scratch.client(decode=False, timeout=cfg.timeouts.check)
+            other_dbs = [db for db in client.info("keyspace") if db != "db0"]
+            if other_dbs:
+                raise BackupError(ExitCode.VERIFY, f"the backup holds keys in {', '.join(other_dbs)}: a cluster "
+                                                   "node has only database 0")
+            dropped, filled = 0, bytearray(16384)
+            for batch in _batches(client.scan_iter(count=1000), 1000):
+                foreign = []
+                for key in batch:
+                    slot = key_slot(key)
+                    if owned[slot]:
+                        filled[slot] = 1
+                    else:
+                        foreign.append(key)
+                if foreign:
+                    dropped += client.unlink(*foreign)
+            kept = client.dbsize()
+            empty = [slot for start, end in require or () for slot in range(start, end + 1)
+                     if owned[slot] and not filled[slot]]
+            if empty:
+                raise BackupError(ExitCode.VERIFY, f"the backup has no key of slots {_ranges_text(_runs(empty))}, "
+                                                   "which hold keys on the node now (they came to it after the "
+                                                   "backup): the restore would empty them")
+            client.save()
+            client.close()
+            scratch.stop()
+            _copy_nofollow(scratch.path("dump.rdb"), filtered)
+        os.replace(filtered, rdb_path)
     except (MaintenanceError, redis.RedisError) as exc:
         raise BackupError(ExitCode.VERIFY, f"the backup could not be loaded to keep slots {_ranges_text(ranges)}: "
                                            f"{exc}") from None
+    except OSError as exc:
+        raise storage.write_error(exc, home) from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(filtered)
+        shutil.rmtree(home, ignore_errors=True)
+    with_keys = [slot for slot in range(16384) if filled[slot]]
     log.info("kept %d keys of slots %s, dropped %d of other slots", kept, _ranges_text(ranges), dropped)
-    return {"slots": _ranges_text(ranges), "kept_keys": kept, "dropped_keys": dropped}
+    return {"slots": _ranges_text(ranges), "kept_keys": kept, "dropped_keys": dropped,
+            "slots_with_keys": _ranges_text(_runs(with_keys))}
+
+
+def _copy_nofollow(source: str, target: str) -> None:
+    """Copy a file without following a link at either end; the target must not exist yet."""
+    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            while True:
+                chunk = os.read(src, 1 << 20)
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(dst, view):]
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def _runs(slots):
+    runs = []
+    for slot in slots:
+        if runs and runs[-1][1] == slot - 1:
+            runs[-1][1] = slot
+        else:
+            runs.append([slot, slot])
+    return [tuple(run) for run in runs]
 
 
 def _batches(items, size):
@@ -701,7 +762,8 @@ def _ranges_text(ranges):
 
 
 def restore_prepare(cfg: BackupConfig, name: str | None, rdb_dest: str, aof_dest: str | None, force: bool,
-                    lock_wait: float | None = None, clock: Clock = utcnow, slots: str | None = None) -> dict:
+                    lock_wait: float | None = None, clock: Clock = utcnow, slots: str | None = None,
+                    require_keys: str | None = None) -> dict:
     """Verify a backup (default: the newest valid one) and unpack it to rdb_dest (and aof_dest); with
     `slots` ("0-5460,..."), keep only the keys of those cluster slots (keep_slots; not with aof_dest).
 
@@ -709,6 +771,9 @@ def restore_prepare(cfg: BackupConfig, name: str | None, rdb_dest: str, aof_dest
     never deleted. New files get the owner of the file they replace, or of the target directory.
     """
     ranges = parse_slots(slots) if slots is not None else None
+    required = parse_slots(require_keys) if require_keys else None
+    if required and not ranges:
+        raise BackupError(ExitCode.CONFIG, "--require-keys-in goes with --slots")
     if ranges and aof_dest:
         raise BackupError(ExitCode.CONFIG, "--slots keeps keys in the RDB only: restore without --aof-dir")
     rdb_dest = os.path.abspath(rdb_dest)
@@ -730,7 +795,7 @@ def restore_prepare(cfg: BackupConfig, name: str | None, rdb_dest: str, aof_dest
         else:
             candidates = list_backups(cfg, verify_sums=False)
         for backup in candidates:
-            result = _try_restore(cfg, backup, rdb_dest, aof_dest, clock, ranges)
+            result = _try_restore(cfg, backup, rdb_dest, aof_dest, clock, ranges, required)
             if isinstance(result, dict):
                 return result
             if name:
@@ -741,7 +806,7 @@ def restore_prepare(cfg: BackupConfig, name: str | None, rdb_dest: str, aof_dest
 
 
 def _try_restore(cfg: BackupConfig, backup: Backup, rdb_dest: str, aof_dest: str | None, clock: Clock,
-                 ranges: list[tuple[int, int]] | None = None):
+                 ranges: list[tuple[int, int]] | None = None, required: list[tuple[int, int]] | None = None):
     storage.check_sums(backup)
     if not backup.valid:
         return ExitCode.VERIFY, backup.detail or backup.status
@@ -763,7 +828,7 @@ def _try_restore(cfg: BackupConfig, backup: Backup, rdb_dest: str, aof_dest: str
         passed, output = storage.run_check(cfg.tool("rdb"), rdb_tmp, cfg.timeouts.check)
         if not passed:
             return ExitCode.VERIFY, f"redis-check-rdb failed: {output}"
-        kept = keep_slots(cfg, rdb_tmp, ranges) if ranges else {}
+        kept = keep_slots(cfg, rdb_tmp, ranges, require=required) if ranges else {}
         if kept:
             size = os.path.getsize(rdb_tmp)
         aof_tmp = None
