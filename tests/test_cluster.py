@@ -501,7 +501,11 @@ def test_a_removed_primary_hands_its_slots_to_its_replica_and_a_removed_replica_
         staying = [node for node in nodes if node is not primary]
         endpoint = f"127.0.0.1:{primary['port']}"
         preview = redis_cluster.run(settings, staying, 1, 30, check_mode=True, remove=[endpoint])
-        assert len(preview["actions"]) == 1 and "a failover" in preview["actions"][0], preview["actions"]
+        # Check mode: the failover, then what follows it as planned on the views after it.
+        assert "a failover" in preview["actions"][0], preview["actions"]
+        assert preview["actions"][1:] and all(why.startswith("then: ") for why in preview["actions"][1:])
+        assert any("forgets 127.0.0.1" in why for why in preview["actions"][1:])
+        assert _call(settings, primary, "ROLE")[0] == "master"   # check mode changed nothing
         result = redis_cluster.run(settings, staying, 1, 60, check_mode=False, remove=[endpoint])
         assert not any("move from" in action for action in result["actions"]), result["actions"]
         assert result["warnings"] and "1 replicas are missing" in result["warnings"][0]
