@@ -42,10 +42,6 @@ options:
     description: The slots (C(start-end) runs, as RV(slots) gives them) the node must serve as a primary.
     type: list
     elements: str
-  count_keys:
-    description: Also count the keys of each of the node's slots (C(CLUSTER COUNTKEYSINSLOT)), for RV(slots_with_keys).
-    type: bool
-    default: false
   replicas:
     description:
       - The replicas as V(address:port), instead of those the node names (C(replicas) of an earlier run). Lets
@@ -126,10 +122,6 @@ unreachable_replicas:
   returned: always
   type: list
   elements: str
-slots_with_keys:
-  description: With O(count_keys), the node's slots that hold keys, as comma-separated C(start-end) runs.
-  returned: when O(count_keys) is set
-  type: str
 """
 
 import time
@@ -226,27 +218,6 @@ def set_failover(settings, replicas, held, check_mode):
     return changed
 
 
-def slots_with_keys(settings, ranges):
-    """The slots of ranges ("start-end") that hold keys on the node, as "start-end" runs joined by commas."""
-    runs = []
-    try:
-        conn = connect(dict(settings), 10)
-        try:
-            for item in ranges:
-                start, _dash, end = item.partition("-")
-                for slot in range(int(start), int(end or start) + 1):
-                    if int(conn.call("CLUSTER", "COUNTKEYSINSLOT", slot)):
-                        if runs and runs[-1][1] == slot - 1:
-                            runs[-1][1] = slot
-                        else:
-                            runs.append([slot, slot])
-        finally:
-            conn.close()
-    except ERRORS as exc:
-        raise ShardError(f"CLUSTER COUNTKEYSINSLOT on instance {settings.get('name', '?')}: {exc}") from None
-    return ",".join(f"{start}-{end}" for start, end in runs)
-
-
 def _fields(text):
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
@@ -291,7 +262,6 @@ def main():
             "wait_replicas": {"type": "int", "default": 0},
             "replicas": {"type": "list", "elements": "str"},
             "expect_slots": {"type": "list", "elements": "str"},
-            "count_keys": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -325,8 +295,6 @@ def main():
                                  + (f" serving {','.join(result['slots'])}" if result["slots"] else "")
                                  + "; a failover or a slot move happened meanwhile", **result)
         result["held_replicas"], result["unreachable_replicas"] = holds(settings, replicas)
-        if params["count_keys"]:
-            result["slots_with_keys"] = slots_with_keys(settings, result["slots"])
         changed = False
         if params["failover"]:
             changed = set_failover(settings, replicas, params["failover"] == "held", module.check_mode)

@@ -78,9 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--slots", metavar="RANGES",
                          help="keep only the keys of these cluster slots, e.g. 0-5460,10923 (a shard's restore; "
                               "loads the RDB into a scratch server)")
-    restore.add_argument("--require-keys-in", metavar="RANGES",
-                         help="with --slots: refuse a backup without a key in one of these slots (those that hold "
-                              "keys now), which the restore would empty")
     restore.add_argument("--lock-wait", type=float, metavar="SECONDS",
                          help="wait this long for a running backup (default: timeouts.lock_wait)")
 
@@ -138,8 +135,7 @@ def _dispatch(cfg, args) -> ExitCode:
         return _verify(cfg, args)
     if args.command == "restore-prepare":
         result = engine.restore_prepare(cfg, args.backup, args.rdb_dest, args.aof_dir, args.force,
-                                        lock_wait=args.lock_wait, slots=args.slots,
-                                        require_keys=args.require_keys_in)
+                                        lock_wait=args.lock_wait, slots=args.slots)
         print(json.dumps(result))
         return ExitCode.OK
     raise BackupError(ExitCode.CONFIG, f"unknown command {args.command}")

@@ -637,17 +637,14 @@ def _server_binary(cfg: BackupConfig) -> str:
     raise BackupError(ExitCode.CONFIG, f"no redis-server or valkey-server beside {check_rdb} or in PATH")
 
 
-def keep_slots(cfg: BackupConfig, rdb_path: str, ranges: list[tuple[int, int]], parent: str = "/var/tmp",
-               require: list[tuple[int, int]] | None = None) -> dict:
+def keep_slots(cfg: BackupConfig, rdb_path: str, ranges: list[tuple[int, int]], parent: str = "/var/tmp") -> dict:
     """Keep in the RDB at rdb_path only the keys of the given cluster slots (a shard's restore: the keys of
     slots its node no longer serves would otherwise be dropped by Valkey, or left open as importing slots by
     Redis). A copy of the RDB is loaded into a scratch server (no TCP port, run as the owner of the RDB's
     directory) in a directory of root's own under `parent`, never in the data directory, which the server's
     account could change under root's feet; the other keys are deleted there and the scratch server's own
-    save replaces the file (written beside it, then renamed). Returns the keys kept and dropped and the slots
-    that hold kept keys; keys that had expired are not loaded, so they count in neither. A slot of `require`
-    (those that hold keys on the node now) without a key in the backup is refused, the file left as it was: the
-    slot came to the node after the backup, and the restore would empty it."""
+    save replaces the file (written beside it, then renamed). Returns the keys kept and dropped; keys that had
+    expired are not loaded, so they count in neither."""
     import pwd
     import tempfile
 
@@ -678,24 +675,12 @@ def keep_slots(cfg: BackupConfig, rdb_path: str, ranges: list[tuple[int, int]], 
             if other_dbs:
                 raise BackupError(ExitCode.VERIFY, f"the backup holds keys in {', '.join(other_dbs)}: a cluster "
                                                    "node has only database 0")
-            dropped, filled = 0, bytearray(16384)
+            dropped = 0
             for batch in _batches(client.scan_iter(count=1000), 1000):
-                foreign = []
-                for key in batch:
-                    slot = key_slot(key)
-                    if owned[slot]:
-                        filled[slot] = 1
-                    else:
-                        foreign.append(key)
+                foreign = [key for key in batch if not owned[key_slot(key)]]
                 if foreign:
                     dropped += client.unlink(*foreign)
             kept = client.dbsize()
-            empty = [slot for start, end in require or () for slot in range(start, end + 1)
-                     if owned[slot] and not filled[slot]]
-            if empty:
-                raise BackupError(ExitCode.VERIFY, f"the backup has no key of slots {_ranges_text(_runs(empty))}, "
-                                                   "which hold keys on the node now (they came to it after the "
-                                                   "backup): the restore would empty them")
             client.save()
             client.close()
             scratch.stop()
@@ -710,10 +695,8 @@ def keep_slots(cfg: BackupConfig, rdb_path: str, ranges: list[tuple[int, int]], 
         with contextlib.suppress(OSError):
             os.unlink(filtered)
         shutil.rmtree(home, ignore_errors=True)
-    with_keys = [slot for slot in range(16384) if filled[slot]]
     log.info("kept %d keys of slots %s, dropped %d of other slots", kept, _ranges_text(ranges), dropped)
-    return {"slots": _ranges_text(ranges), "kept_keys": kept, "dropped_keys": dropped,
-            "slots_with_keys": _ranges_text(_runs(with_keys))}
+    return {"slots": _ranges_text(ranges), "kept_keys": kept, "dropped_keys": dropped}
 
 
 def _copy_nofollow(source: str, target: str) -> None:
@@ -736,16 +719,6 @@ def _copy_nofollow(source: str, target: str) -> None:
         os.close(src)
 
 
-def _runs(slots):
-    runs = []
-    for slot in slots:
-        if runs and runs[-1][1] == slot - 1:
-            runs[-1][1] = slot
-        else:
-            runs.append([slot, slot])
-    return [tuple(run) for run in runs]
-
-
 def _batches(items, size):
     batch = []
     for item in items:
@@ -762,8 +735,7 @@ def _ranges_text(ranges):
 
 
 def restore_prepare(cfg: BackupConfig, name: str | None, rdb_dest: str, aof_dest: str | None, force: bool,
-                    lock_wait: float | None = None, clock: Clock = utcnow, slots: str | None = None,
-                    require_keys: str | None = None) -> dict:
+                    lock_wait: float | None = None, clock: Clock = utcnow, slots: str | None = None) -> dict:
     """Verify a backup (default: the newest valid one) and unpack it to rdb_dest (and aof_dest); with
     `slots` ("0-5460,..."), keep only the keys of those cluster slots (keep_slots; not with aof_dest).
 
@@ -771,9 +743,6 @@ def restore_prepare(cfg: BackupConfig, name: str | None, rdb_dest: str, aof_dest
     never deleted. New files get the owner of the file they replace, or of the target directory.
     """
     ranges = parse_slots(slots) if slots is not None else None
-    required = parse_slots(require_keys) if require_keys else None
-    if required and not ranges:
-        raise BackupError(ExitCode.CONFIG, "--require-keys-in goes with --slots")
     if ranges and aof_dest:
         raise BackupError(ExitCode.CONFIG, "--slots keeps keys in the RDB only: restore without --aof-dir")
     rdb_dest = os.path.abspath(rdb_dest)
@@ -795,7 +764,7 @@ def restore_prepare(cfg: BackupConfig, name: str | None, rdb_dest: str, aof_dest
         else:
             candidates = list_backups(cfg, verify_sums=False)
         for backup in candidates:
-            result = _try_restore(cfg, backup, rdb_dest, aof_dest, clock, ranges, required)
+            result = _try_restore(cfg, backup, rdb_dest, aof_dest, clock, ranges)
             if isinstance(result, dict):
                 return result
             if name:
@@ -806,7 +775,7 @@ def restore_prepare(cfg: BackupConfig, name: str | None, rdb_dest: str, aof_dest
 
 
 def _try_restore(cfg: BackupConfig, backup: Backup, rdb_dest: str, aof_dest: str | None, clock: Clock,
-                 ranges: list[tuple[int, int]] | None = None, required: list[tuple[int, int]] | None = None):
+                 ranges: list[tuple[int, int]] | None = None):
     storage.check_sums(backup)
     if not backup.valid:
         return ExitCode.VERIFY, backup.detail or backup.status
@@ -828,7 +797,7 @@ def _try_restore(cfg: BackupConfig, backup: Backup, rdb_dest: str, aof_dest: str
         passed, output = storage.run_check(cfg.tool("rdb"), rdb_tmp, cfg.timeouts.check)
         if not passed:
             return ExitCode.VERIFY, f"redis-check-rdb failed: {output}"
-        kept = keep_slots(cfg, rdb_tmp, ranges, require=required) if ranges else {}
+        kept = keep_slots(cfg, rdb_tmp, ranges) if ranges else {}
         if kept:
             size = os.path.getsize(rdb_tmp)
         aof_tmp = None
