@@ -428,7 +428,7 @@ def test_two_nodes_added_to_the_inventory_become_a_shard_under_writes_and_removi
         assert not again["changed"], again["actions"]
 
         # Shrinking back: the shard taken out of the inventory is refused until its removal is confirmed, then
-        # drained under writes (its slots to the three others) and forgotten by every node.
+        # drained under writes (its slots to the three others), forgotten by every node and reset.
         staying, leaving = nodes[:6], nodes[6:]
         endpoints = [f"127.0.0.1:{node['port']}" for node in leaving]
         with pytest.raises(cluster.ClusterRefused, match="redis_server_cluster_remove") as refused:
@@ -462,10 +462,14 @@ def test_two_nodes_added_to_the_inventory_become_a_shard_under_writes_and_removi
         for node in staying:
             info = _call(settings, node, "CLUSTER", "INFO")
             assert "cluster_state:ok" in info and "cluster_known_nodes:6" in info and "cluster_size:3" in info
-        for node in leaving:  # no slot left; until stopped it redirects clients with the old map (MOVED)
-            own = cluster.parse_nodes(_call(settings, node, "CLUSTER", "NODES"))[_call(settings, node, "CLUSTER",
-                                                                                     "MYID")]
-            assert own["slots"] == [], own
+        assert sum("is reset" in action for action in result["actions"]) == 2, result["actions"]
+        for node in leaving:  # reset: it knows no node and holds no key
+            assert len(_call(settings, node, "CLUSTER", "NODES").splitlines()) == 1
+            assert int(_call(settings, node, "DBSIZE")) == 0
+        # A client whose slot map still named a leaving node refreshes it (a reset node answers CLUSTERDOWN).
+        client.close()
+        client = redis.RedisCluster(host="127.0.0.1", port=nodes[0]["port"], username="admin", password=PASSWORD,
+                                    ssl=True, ssl_ca_certs=settings["tls_ca_file"])
         values = []
         for start in range(0, 10000, 500):
             pipe = client.pipeline()
@@ -513,6 +517,7 @@ def test_a_removed_primary_hands_its_slots_to_its_replica_and_a_removed_replica_
         assert after[f"{heir['host']}/{heir['name']}"]["role"] == "primary"
         old_id = _call(settings, primary, "CLUSTER", "MYID")
         assert all(old_id not in _call(settings, node, "CLUSTER", "NODES") for node in staying)
+        assert len(_call(settings, primary, "CLUSTER", "NODES").splitlines()) == 1   # reset
         assert [int(client.get(f"handover:{number}")) for number in range(2000)] == list(range(2000))
 
         # A replica of the five, its process stopped, then taken out of the inventory.
@@ -522,6 +527,7 @@ def test_a_removed_primary_hands_its_slots_to_its_replica_and_a_removed_replica_
         rest = [node for node in staying if node is not replica]
         gone = f"127.0.0.1:{replica['port']}"
         result = redis_cluster.run(settings, rest, 1, 60, check_mode=False, remove=[gone])
+        assert not any("is reset" in action for action in result["actions"]), result["actions"]   # it is down
         assert sum(f"forgets {gone}" in action for action in result["actions"]) == 4, result["actions"]
         assert "2 replicas are missing" in result["warnings"][0]
         for node in rest:

@@ -191,9 +191,10 @@ def plan(observed, replicas, balance=True):
     keeps a replica of the inventory hands its slots over by a failover first (the plan is then only that
     phase, `failover`, and says `replan`: the caller plans again from the new view); one without drains its
     slots to the primaries that stay (`migrate`); replicas of the inventory left without a primary are
-    attached elsewhere (`reattach`); then every node of the inventory forgets the leaving nodes (`forget`). A
-    leaving node is not reset: until its service is stopped it answers clients that still hold the old slot
-    map with MOVED to the new owners, where a reset node would answer CLUSTERDOWN."""
+    attached elsewhere (`reattach`); then every node of the inventory forgets the leaving nodes (`forget`) and
+    each leaving node that answers is reset (`reset`, CLUSTER RESET SOFT), as `redis-cli --cluster del-node`
+    does: a leaving node that kept its view kept pinging the cluster, and a node that had just forgotten it
+    could learn it again."""
     every = observed
     observed = [node for node in every if not node.get("leaving")]
     if every[:len(observed)] != observed:
@@ -402,6 +403,10 @@ def plan(observed, replicas, balance=True):
         node = every[index]
         for other in range(len(observed)):
             act(other, "forget", ["CLUSTER", "FORGET", node["id"]], f"{_label(observed[other])} forgets {_label(node)}")
+        if not node.get("error"):
+            act(index, "reset", ["CLUSTER", "RESET", "SOFT"],
+                f"{_label(node)} is reset (it knows no node, holds no key and no longer pings the cluster; stop its "
+                "service)")
     short = wanted - len(placement)
     return {"actions": actions, "state": "new" if not primaries else ("complete" if not actions else "completing"),
             "primaries": [observed[index] for index in chosen + growing], "replicas_short": short}

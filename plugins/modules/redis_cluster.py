@@ -302,6 +302,29 @@ def _send(settings, node, command, done, tolerate=()):
         raise ClusterRefused(f"{' '.join(command[:2])} on {node['host']}/{node['name']} answered {reply!r}")
 
 
+def _forgotten_everywhere(settings, nodes, gone, timeout, done):
+    """Until no node of the inventory lists a leaving node (a node may learn one again from a peer's gossip that
+    crossed its FORGET): FORGET again where one shows up."""
+    ids = {node["id"] for node in gone}
+    endpoints = {(node["address"], node["port"]) for node in gone}
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = observe(settings, nodes)
+        # By id, or by address for a handshake with one (a new, random id).
+        again = [(node, entry_id) for node in seen if not node.get("error")
+                 for entry_id, entry in parse_nodes(node.get("nodes")).items()
+                 if entry_id in ids or (entry["address"], entry["port"]) in endpoints]
+        if not again:
+            return
+        if time.monotonic() >= deadline:
+            listed = ", ".join(f"{node['host']}/{node['name']} lists {entry_id}" for node, entry_id in again)
+            raise ClusterRefused(f"nodes still list the leaving nodes after {timeout} s: {listed} "
+                                 f"(after: {'; '.join(done[-3:])})")
+        for node, entry_id in again:
+            _send(settings, node, ["CLUSTER", "FORGET", entry_id], done, tolerate=("Unknown node",))
+        time.sleep(1)
+
+
 def _failover(settings, observed, actions, timeout, done):
     """CLUSTER FAILOVER on each heir, then wait until it says it is a primary with slots."""
     for action in actions:
@@ -338,8 +361,9 @@ def run(settings, nodes, replicas, timeout, check_mode, rebalance=True, remove=(
         if decided.get("replan"):
             raise ClusterRefused(f"a leaving node still serves slots after: {'; '.join(done)}")
     actions = decided["actions"]
+    resets_failed = []
     if not check_mode and actions:
-        for phase in ("epoch", "meet", "slots", "replicate", "migrate", "reattach", "forget"):
+        for phase in ("epoch", "meet", "slots", "replicate", "migrate", "reattach", "forget", "reset"):
             steps = [action for action in actions if action["phase"] == phase]
             if steps and phase in ("slots", "replicate", "migrate") and any(a["phase"] == "meet" for a in actions):
                 wait_for(settings, nodes, "known", timeout)
@@ -354,11 +378,21 @@ def run(settings, nodes, replicas, timeout, check_mode, rebalance=True, remove=(
                 continue
             for action in steps:
                 # A node that was met during this run may not have heard of a leaving node: nothing to forget.
-                _send(settings, observed[action["node"]], action["command"], done,
-                      tolerate=("Unknown node",) if phase == "forget" else ())
+                # A leaving node that cannot be reset (keys on a primary) is forgotten all the same: a warning.
+                try:
+                    _send(settings, observed[action["node"]], action["command"], done,
+                          tolerate=("Unknown node",) if phase == "forget" else ())
+                except ClusterRefused as exc:
+                    if phase != "reset":
+                        raise
+                    resets_failed.append(str(exc).split(" after: ")[0])
+                    continue
                 done.append(action["why"])
+        gone = [node for node in observed if node.get("leaving")]
+        if gone:
+            _forgotten_everywhere(settings, nodes, gone, timeout, done)
         observed = wait_for(settings, nodes, "ok", timeout)
-    warnings = []
+    warnings = [f"{failure}: the node is forgotten by the cluster; stop its service" for failure in resets_failed]
     if decided["replicas_short"]:
         warnings.append(f"{decided['replicas_short']} replicas are missing: not enough nodes on other hosts than "
                         "their primaries")
