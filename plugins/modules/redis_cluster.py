@@ -29,8 +29,8 @@ description:
     A leaving primary whose replica is in the inventory hands its slots over by a C(CLUSTER FAILOVER) of that
     replica; one without such a replica has its slots migrated to the primaries that stay (evenly, under
     client load). Replicas of the inventory left without a primary are attached to another one. Then every
-    node forgets the leaving nodes (C(CLUSTER FORGET)). A leaving node is not reset; it keeps redirecting
-    clients with an old slot map until its service is stopped.
+    node forgets the leaving nodes (C(CLUSTER FORGET)), each leaving node that answers is reset (C(CLUSTER RESET
+    SOFT)), and a leaving node that a node learned again meanwhile is forgotten again.
   - Refuses, without changing anything, when a node does not answer, a node outside the cluster holds keys,
     the nodes form more than one cluster, a node knows nodes outside the inventory that O(remove) does not
     name, O(remove) names a node of the inventory, a leaving primary that serves slots does not answer and
