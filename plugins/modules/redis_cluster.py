@@ -385,7 +385,7 @@ def run(settings, nodes, replicas, timeout, check_mode, rebalance=True, remove=(
                 except ClusterRefused as exc:
                     if phase != "reset":
                         raise
-                    resets_failed.append(str(exc).split(" after: ")[0])
+                    resets_failed.append(str(exc).split(" after: ", maxsplit=1)[0])
                     continue
                 done.append(action["why"])
         gone = [node for node in observed if node.get("leaving")]
