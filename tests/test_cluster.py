@@ -372,6 +372,17 @@ def _writer(settings, nodes, prefix, stop, errors, written):
         client.close()
 
 
+def _read_back(client, prefix, numbers, batch=500):
+    """The values of `<prefix><number>` as ints, read through the cluster client in pipelines of `batch`."""
+    numbers, values = list(numbers), []
+    for start in range(0, len(numbers), batch):
+        pipe = client.pipeline()
+        for number in numbers[start:start + batch]:
+            pipe.get(f"{prefix}{number}")
+        values += pipe.execute()
+    return [int(value) for value in values]
+
+
 def test_two_nodes_added_to_the_inventory_become_a_shard_under_writes_and_removing_them_drains_it(start_nodes):
     import threading
 
@@ -413,17 +424,8 @@ def test_two_nodes_added_to_the_inventory_become_a_shard_under_writes_and_removi
             info = _call(settings, node, "CLUSTER", "INFO")
             assert "cluster_state:ok" in info and "cluster_known_nodes:8" in info and "cluster_size:4" in info
         # Every key written before and during the growth reads back, through the cluster client.
-        values = []
-        for start in range(0, 10000, 500):
-            pipe = client.pipeline()
-            for number in range(start, start + 500):
-                pipe.get(f"grow:key:{number}")
-            values += pipe.execute()
-        assert [int(value) for value in values] == list(range(10000))
-        pipe = client.pipeline()
-        for number in written:
-            pipe.get(f"grow:live:{number}")
-        assert [int(value) for value in pipe.execute()] == written
+        assert _read_back(client, "grow:key:", range(10000)) == list(range(10000))
+        assert _read_back(client, "grow:live:", written) == written
         again = redis_cluster.run(settings, nodes, 1, 30, check_mode=False)
         assert not again["changed"], again["actions"]
 
@@ -470,18 +472,9 @@ def test_two_nodes_added_to_the_inventory_become_a_shard_under_writes_and_removi
         client.close()
         client = redis.RedisCluster(host="127.0.0.1", port=nodes[0]["port"], username="admin", password=PASSWORD,
                                     ssl=True, ssl_ca_certs=settings["tls_ca_file"])
-        values = []
-        for start in range(0, 10000, 500):
-            pipe = client.pipeline()
-            for number in range(start, start + 500):
-                pipe.get(f"grow:key:{number}")
-            values += pipe.execute()
-        assert [int(value) for value in values] == list(range(10000))
+        assert _read_back(client, "grow:key:", range(10000)) == list(range(10000))
         for prefix, numbers in (("grow:live:", written), ("shrink:live:", shrink_written)):
-            pipe = client.pipeline()
-            for number in numbers:
-                pipe.get(f"{prefix}{number}")
-            assert [int(value) for value in pipe.execute()] == numbers, prefix
+            assert _read_back(client, prefix, numbers) == numbers, prefix
         # The same confirmation again finds nothing to remove; without it the forgotten nodes are no strangers.
         assert not redis_cluster.run(settings, staying, 1, 30, check_mode=False, remove=endpoints)["changed"]
         assert not redis_cluster.run(settings, staying, 1, 30, check_mode=False)["changed"]
