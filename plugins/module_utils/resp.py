@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import tomllib
 
 
 class RedisReplyError(Exception):
@@ -104,6 +105,25 @@ class Connection:
             payload.append(b"$%d\r\n%s\r\n" % (len(data), data))
         self.sock.sendall(b"".join(payload))
         return self.read()
+
+
+def read_settings(module):
+    """The parsed connection file of the module's option connection_file; fails the module, naming the file,
+    when it cannot be read."""
+    path = module.params["connection_file"]
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        module.fail_json(msg=f"cannot read connection file {path}: {exc}")
+        raise  # not reached: fail_json exits
+
+
+def at_node(settings, address, port):
+    """The same credentials and TLS settings, for another node reached over TCP at address:port."""
+    node_settings = {key: value for key, value in settings.items() if key != "unix_socket"}
+    node_settings.update(host=address, port=port)
+    return node_settings
 
 
 def connect(settings, timeout):

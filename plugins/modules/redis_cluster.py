@@ -139,7 +139,6 @@ nodes:
 """
 
 import time
-import tomllib
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.redis_infra.redis.plugins.module_utils.cluster import (
@@ -151,7 +150,13 @@ from ansible_collections.redis_infra.redis.plugins.module_utils.cluster import (
     settled,
     summary,
 )
-from ansible_collections.redis_infra.redis.plugins.module_utils.resp import RedisReplyError, TLSFilesError, connect
+from ansible_collections.redis_infra.redis.plugins.module_utils.resp import (
+    RedisReplyError,
+    TLSFilesError,
+    at_node,
+    connect,
+    read_settings,
+)
 
 
 def observe(settings, nodes, timeout=5):
@@ -190,12 +195,6 @@ def wait_for(settings, nodes, what, timeout):
         time.sleep(0.5)
 
 
-def _node_settings(settings, node):
-    node_settings = {key: value for key, value in settings.items() if key != "unix_socket"}
-    node_settings.update(host=node["address"], port=node["port"])
-    return node_settings
-
-
 def migrate_slots(settings, observed, action, done, batch=100):
     """Move a run of slots from one primary to another, as the cluster specification describes: the target
     imports and the source migrates each slot, MIGRATE moves its keys in batches (clients meanwhile follow
@@ -214,7 +213,7 @@ def migrate_slots(settings, observed, action, done, batch=100):
         key = node["id"]
         try:
             if key not in conns:
-                conns[key] = connect(_node_settings(settings, node), 60)
+                conns[key] = connect(at_node(settings, node["address"], node["port"]), 60)
             return conns[key].call(*command)
         except (RedisReplyError, OSError, ConnectionError, TLSFilesError) as exc:
             if not isinstance(exc, RedisReplyError):  # the connection is gone; a refused command leaves it usable
@@ -288,7 +287,7 @@ def _observe_settled(settings, nodes, timeout, remove):
 
 def _send(settings, node, command, done, tolerate=()):
     try:
-        conn = connect(_node_settings(settings, node), 10)
+        conn = connect(at_node(settings, node["address"], node["port"]), 10)
         try:
             reply = conn.call(*command)
         finally:
@@ -422,11 +421,7 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    try:
-        with open(params["connection_file"], "rb") as handle:
-            settings = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        module.fail_json(msg=f"cannot read connection file {params['connection_file']}: {exc}")
+    settings = read_settings(module)
     try:
         result = run(settings, params["nodes"], params["replicas"], params["timeout"], module.check_mode,
                      params["rebalance"], params["remove"])

@@ -125,11 +125,16 @@ unreachable_replicas:
 """
 
 import time
-import tomllib
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.redis_infra.redis.plugins.module_utils.cluster import parse_nodes
-from ansible_collections.redis_infra.redis.plugins.module_utils.resp import RedisReplyError, TLSFilesError, connect
+from ansible_collections.redis_infra.redis.plugins.module_utils.resp import (
+    RedisReplyError,
+    TLSFilesError,
+    at_node,
+    connect,
+    read_settings,
+)
 
 ERRORS = (OSError, ConnectionError, RedisReplyError, TLSFilesError)
 
@@ -139,10 +144,7 @@ class ShardError(Exception):
 
 
 def _call(settings, *command, address=None, port=None):
-    node_settings = dict(settings)
-    if address is not None:
-        node_settings.pop("unix_socket", None)
-        node_settings.update(host=address, port=port)
+    node_settings = settings if address is None else at_node(settings, address, port)
     try:
         conn = connect(node_settings, 10)
         try:
@@ -266,11 +268,7 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    try:
-        with open(params["connection_file"], "rb") as handle:
-            settings = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        module.fail_json(msg=f"cannot read connection file {params['connection_file']}: {exc}")
+    settings = read_settings(module)
     given = params["replicas"]
     try:
         try:

@@ -96,10 +96,14 @@ responses:
 
 import ssl
 import time
-import tomllib
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.redis_infra.redis.plugins.module_utils.resp import RedisReplyError, TLSFilesError, connect
+from ansible_collections.redis_infra.redis.plugins.module_utils.resp import (
+    RedisReplyError,
+    TLSFilesError,
+    connect,
+    read_settings,
+)
 
 
 def main():
@@ -114,11 +118,7 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    try:
-        with open(params["connection_file"], "rb") as handle:
-            settings = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        module.fail_json(msg=f"cannot read connection file {params['connection_file']}: {exc}")
+    settings = read_settings(module)
     if module.check_mode:
         module.exit_json(changed=params["changed"] and bool(params["commands"]), responses=[])
 
