@@ -5,11 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 # Molecule lanes: they run side by side, the scenarios of a lane (comma-separated) one after another.
-# Balanced from the scenarios' times side by side (stop 25: ha 23 min, production 13 with its monitoring
-# host, valkey 9, redis8 6.5, cluster 6, default 5; stop 26 in a clean-clone run: ha 25 with its application
-# host, production 14, valkey 12): ha, redis8 and default in one lane (about 37 min), production, valkey and
-# cluster in the other (about 34). `make test-molecule LANES=production` runs one.
-LANES ?= ha,redis8,default production,valkey,cluster
+# Balanced from the scenarios' times (docs/benchmarks.md, "Test suite time"). At stop 30 two lanes took 1890 s
+# (ha, redis8, default) and 1967 s (production, valkey, cluster); two scenarios side by side leave some of the
+# two cores idle (vmstat: 5 to 37 %; they wait on failovers and timeouts), so cluster-valkey's joining made a
+# third lane, of the two cluster scenarios. `make test-molecule LANES=production` runs one.
+LANES ?= ha,redis8 production,valkey,default cluster,cluster-valkey
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
