@@ -164,10 +164,8 @@ def observe(settings, nodes, timeout=5):
     result = []
     for node in nodes:
         item = dict(node)
-        node_settings = {key: value for key, value in settings.items() if key != "unix_socket"}
-        node_settings.update(host=node["address"], port=node["port"])
         try:
-            conn = connect(node_settings, timeout)
+            conn = connect(at_node(settings, node["address"], node["port"]), timeout)
             try:
                 item["id"] = conn.call("CLUSTER", "MYID")
                 item["nodes"] = conn.call("CLUSTER", "NODES")
@@ -193,6 +191,10 @@ def wait_for(settings, nodes, what, timeout):
         if time.monotonic() >= deadline:
             raise ClusterRefused(f"the nodes did not agree within {timeout} s ({what}): {reason}")
         time.sleep(0.5)
+
+
+def _owns(entry, slot):
+    return entry is not None and any(start <= slot <= end for start, end in entry["slots"])
 
 
 def migrate_slots(settings, observed, action, done, batch=100):
@@ -249,9 +251,13 @@ def migrate_slots(settings, observed, action, done, batch=100):
             try:
                 call(source, "CLUSTER", "SETSLOT", slot, "NODE", target["id"])
             except ClusterRefused as exc:
-                # Valkey 8 answers once its replicas have the change. A source that gives its last slot away
-                # becomes a replica of the target meanwhile, and the wait ends with UNBLOCKED: the slot is moved.
-                if not exc.reply.startswith("UNBLOCKED"):
+                # A source that gives its last slot away becomes a replica of the target. Valkey 8 answers once
+                # its replicas have the change, and the wait ends with UNBLOCKED. On Redis 7.0 the target's
+                # announcement of the new owner may reach the source first: it is a replica already, and refuses
+                # SETSLOT ("only with masters"). Either way the slot is moved once the source says the target
+                # owns it.
+                if not (exc.reply.startswith("UNBLOCKED") or "Please use SETSLOT only with" in exc.reply) or not _owns(
+                        parse_nodes(call(source, "CLUSTER", "NODES")).get(target["id"]), slot):
                     raise
             for node in list(others):
                 # The cluster bus spreads the new owner anyway; telling every primary now shortens the window of
