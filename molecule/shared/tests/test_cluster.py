@@ -14,6 +14,8 @@ import shlex
 import subprocess
 import time
 
+import alerting
+import checker
 import pytest
 import testinfra
 import tls_setup
@@ -179,12 +181,7 @@ def test_cluster_client_writes_through_every_shard_from_the_controller(addresses
 
 def http_get(host, path):
     """The body of an HTTP GET on the health checker, from inside the container (503 bodies too)."""
-    script = ("import sys, urllib.request, urllib.error\n"
-              "try:\n"
-              f"    print(urllib.request.urlopen('http://127.0.0.1:9122{path}', timeout=5).read().decode())\n"
-              "except urllib.error.HTTPError as e:\n"
-              "    print(e.read().decode())\n")
-    return host.check_output(f"python3 -c {shlex.quote(script)}")
+    return checker.get(host, path)[1]
 
 
 def test_cluster_backups_run_on_every_shard_and_health_checkers_report_the_cluster_ok(hosts):
@@ -306,13 +303,115 @@ def test_cluster_stopped_primary_is_replaced_and_a_rerun_changes_nothing(hosts, 
         pytest.fail(f"{primary} did not rejoin as a replica: {state}")
     result = _converge()
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    counts = _changed_counts(result)
-    assert len(counts) == len(hosts) and all(count == "0" for _, count in counts), \
+    counts = _changed_counts(result)  # the cluster's hosts, and a monitoring host where the scenario has one
+    assert set(hosts) <= {name for name, _ in counts} and all(count == "0" for _, count in counts), \
         (counts, [line for line in result.stdout.splitlines() if line.startswith("changed:")])
     assert nodes_view(hosts, addresses)[successor][0] == "primary", "the converge moved the primary back"
     for secret in ("redis_server_admin_password", "redis_server_replication_password", "redis_server_password"):
         assert VARIABLES[secret] not in result.stdout + result.stderr
     assert_keys_intact_except(addresses, {key: "after-failover"})
+
+
+CLUSTER_ALERTS = ("RedisClusterDown", "RedisClusterSlotsNotOk", "RedisClusterShardWithoutReplica",
+                  "RedisReplicationBroken", "RedisDown")
+
+
+def _active_alerts(monitoring, names=CLUSTER_ALERTS):
+    """(alertname, host, instance, state) of the alerts of `names` that are pending or firing in Prometheus."""
+    return [(a["labels"]["alertname"], a["labels"].get("instance"), a["labels"].get("redis_instance"), a["state"])
+            for a in alerting.prometheus(monitoring, "alerts")["alerts"] if a["labels"]["alertname"] in names]
+
+
+def _wait_cluster_ok(hosts, seconds=60):
+    """The nodes that do not say cluster_state:ok once every node does or `seconds` have passed."""
+    waiting = []
+    for _ in deadline(seconds):
+        waiting = [(name, port) for name, host in hosts.items() for port in PORTS
+                   if fields(cli(host, port, "CLUSTER", "INFO")).get("cluster_state") != "ok"]
+        if not waiting:
+            break
+    return waiting
+
+
+@pytest.mark.skipif(not RUNNER.get_hosts("monitoring"), reason="this scenario has no monitoring host")
+def test_cluster_alerts_page_the_webhook_when_a_shard_loses_its_primary_or_its_replica(hosts, addresses):
+    """The monitoring host scrapes every node's health checker (molecule/cluster-valkey). On the healthy cluster
+    none of the cluster's alerts fires. A primary stopped while its replica is held from taking over
+    (cluster-replica-no-failover, as a shard restore holds it) leaves its slots unserved: RedisClusterDown (from
+    the held replica) and RedisReplicationBroken (its link) reach the webhook, and resolve once the primary is
+    back. A stopped replica leaves its primary alone: RedisClusterShardWithoutReplica, resolved when it is back."""
+    monitoring = testinfra.get_host(f"ansible://{RUNNER.get_hosts('monitoring')[0]}?ansible_inventory={INVENTORY}")
+    up = alerting.wait_for_targets_up(monitoring, count=len(hosts))
+    assert sum(sample["value"][1] == "1" for sample in up) == len(hosts), up
+    time.sleep(8)  # a few evaluations after the scrapes
+    firing = [alert for alert in _active_alerts(monitoring) if alert[3] == "firing"]
+    assert not firing, firing
+
+    view = nodes_view(hosts, addresses)
+    primary = next(node for node, (role, _, _) in view.items() if role == "primary")
+    replica = next(node for node, (_, owner, _) in view.items() if owner == primary)
+    (primary_host, primary_name), (replica_host, replica_name) = (
+        (host_of(node, addresses), NAMES[PORTS.index(int(node.rsplit(":", 1)[1]))]) for node in (primary, replica))
+    replica_port = int(replica.rsplit(":", 1)[1])
+
+    def service(host, name, action):
+        """systemctl on a node's unit; a failure is returned, not raised, so that a cleanup never hides the
+        test's own failure (the checks after it find what did not come back)."""
+        result = hosts[host].run(f"systemctl {action} {ENGINE}-server@{name}.service")
+        return result.rc == 0 or f"systemctl {action} {name} on {host}: {result.stderr.strip()}"
+
+    alerting.start_sink(monitoring)
+    released = False
+    try:
+        assert cli(hosts[replica_host], replica_port, "CONFIG", "SET", "cluster-replica-no-failover", "yes") == "OK"
+        fault = time.time()
+        assert service(primary_host, primary_name, "stop") is True
+        try:
+            down = alerting.wait_for_page(monitoring, "RedisClusterDown", "firing", fault, replica_host, replica_name)
+            broken = alerting.wait_for_page(monitoring, "RedisReplicationBroken", "firing", fault, replica_host,
+                                            replica_name)
+            assert nodes_view(hosts, addresses)[replica][0] == "replica", "the held replica took over"
+        finally:
+            repaired = time.time()
+            started = service(primary_host, primary_name, "start")
+        assert started is True, started
+        for alertname, fired in (("RedisClusterDown", down), ("RedisReplicationBroken", broken)):
+            resolved = alerting.wait_for_page(monitoring, alertname, "resolved", repaired, replica_host, replica_name)
+            print(f"{alertname}: fired {fired:.1f} s after the primary stopped, "
+                  f"resolved {resolved:.1f} s after it started")
+        assert nodes_view(hosts, addresses)[primary][0] == "primary", "the primary did not come back as the primary"
+        assert cli(hosts[replica_host], replica_port, "CONFIG", "SET", "cluster-replica-no-failover", "no") == "OK"
+        released = True
+
+        # The restarted primary had no replica until its replica reconnected: its alert must be inactive before
+        # the replica stops, or Alertmanager would not send a new firing notification.
+        for _ in deadline(60):
+            if not _active_alerts(monitoring, ("RedisClusterShardWithoutReplica",)):
+                break
+        else:
+            pytest.fail(f"RedisClusterShardWithoutReplica stays active: {_active_alerts(monitoring)}")
+        fault = time.time()
+        assert service(replica_host, replica_name, "stop") is True
+        try:
+            alone = alerting.wait_for_page(monitoring, "RedisClusterShardWithoutReplica", "firing", fault,
+                                           primary_host, primary_name)
+        finally:
+            repaired = time.time()
+            started = service(replica_host, replica_name, "start")
+        assert started is True, started
+        resolved = alerting.wait_for_page(monitoring, "RedisClusterShardWithoutReplica", "resolved", repaired,
+                                          primary_host, primary_name)
+        print(f"RedisClusterShardWithoutReplica: fired {alone:.1f} s after the replica stopped, "
+              f"resolved {resolved:.1f} s after it started")
+    finally:
+        alerting.stop_sink(monitoring)
+        if not released:  # the hold goes in every case; a failure here shows in the checks below or the next test
+            for _ in deadline(30):
+                if cli(hosts[replica_host], replica_port, "CONFIG", "SET", "cluster-replica-no-failover", "no") == "OK":
+                    break
+        waiting = _wait_cluster_ok(hosts)
+    assert not waiting, f"not cluster_state:ok after the test: {waiting}"
+    assert_keys_intact(addresses)
 
 
 def assert_keys_intact_except(addresses, changed):

@@ -16,7 +16,7 @@ import time
 
 import pytest
 import tls_setup
-from test_health import get
+from checker import get
 
 testinfra_hosts = ["ansible://redis"]
 

@@ -4,7 +4,7 @@ when the Redis host fails, then telling it the fault is gone.
 
 The scenario shortens the delays (scrape every 3 s, RedisDown and RedisHealthCheckerDown after 5 s,
 group_wait 1 s), so that each fault reaches the webhook within seconds; scripts/bench-alerts.py measures
-the shipped ones. The webhook sink is a small HTTP server this module runs on the monitoring host."""
+the shipped ones. The webhook sink is a small HTTP server run on the monitoring host (alerting.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import shlex
 import time
 import urllib.parse
 
+import alerting
 import pytest
 import testinfra
 import tls_setup
@@ -29,15 +30,8 @@ RUNNER = AnsibleRunner(INVENTORY)
 if not RUNNER.get_hosts("monitoring"):
     pytest.skip("this scenario has no monitoring host", allow_module_level=True)
 REDIS_HOST = RUNNER.get_hosts("redis")[0]
-PROJECT = os.path.join(os.path.dirname(__file__), "..", "..", "..")
-SINK_PORT = 9099
-SINK_LOG = "/run/molecule-webhook.jsonl"
-# Longest a fault may take to reach the webhook with the scenario's delays (measured: well under 30 s).
-PAGE_WITHIN = 60
-
-# The webhook receiver (one JSON line per notification), shared with scripts/bench-alerts.py.
-with open(os.path.join(PROJECT, "scripts", "webhook-sink.py"), encoding="utf-8") as _sink:
-    SINK = _sink.read()
+PROJECT = alerting.PROJECT
+api, prometheus, wait_for_targets_up = alerting.api, alerting.prometheus, alerting.wait_for_targets_up
 
 
 @pytest.fixture(scope="module")
@@ -48,52 +42,14 @@ def redis_host():
 @pytest.fixture(scope="module")
 def sink(host):
     """The webhook receiver Alertmanager posts to (redis_monitoring_webhook_url of the scenario)."""
-    host.run(f"rm -f {SINK_LOG}")
-    host.run_test(f"systemd-run --unit=molecule-webhook-sink --collect python3 -c {shlex.quote(SINK)} "
-                  f"{SINK_PORT} {SINK_LOG}")
+    alerting.start_sink(host)
     yield host
-    host.run("systemctl stop molecule-webhook-sink.service")
+    alerting.stop_sink(host)
 
 
-def api(host, url):
-    """JSON of a GET on Prometheus' or Alertmanager's API, from inside the monitoring host."""
-    script = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).read().decode())"
-    return json.loads(host.check_output(f"python3 -c {shlex.quote(script)}"))
-
-
-def prometheus(host, path):
-    return api(host, f"http://127.0.0.1:9090/api/v1/{path}")["data"]
-
-
-def notifications(host):
-    result = host.run(f"cat {SINK_LOG}")
-    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-
-
-def wait_for_page(host, alertname, status, since, seconds=PAGE_WITHIN):
+def wait_for_page(host, alertname, status, since):
     """Seconds from `since` until the webhook got `alertname` for the Redis host in `status`."""
-    deadline = time.monotonic() + seconds
-    while True:
-        for note in notifications(host):
-            if note["received"] < since:
-                continue
-            for alert in note["body"]["alerts"]:
-                labels = alert["labels"]
-                if (labels["alertname"], labels.get("instance"), alert["status"]) == (alertname, REDIS_HOST, status):
-                    return note["received"] - since
-        if time.monotonic() > deadline:
-            seen = [(a["labels"]["alertname"], a["status"]) for n in notifications(host) for a in n["body"]["alerts"]]
-            pytest.fail(f"{alertname} {status} did not reach the webhook within {seconds} s; it got {seen}")
-        time.sleep(0.5)
-
-
-def wait_for_target_up(host, seconds=60):
-    deadline = time.monotonic() + seconds
-    while True:
-        result = prometheus(host, "query?query=" + 'up{job="redis-infra-health"}')["result"]
-        if result and result[0]["value"][1] == "1" or time.monotonic() > deadline:
-            return result
-        time.sleep(1)
+    return alerting.wait_for_page(host, alertname, status, since, REDIS_HOST)
 
 
 def test_prometheus_and_alertmanager_run_hardened_on_loopback(host):
@@ -116,7 +72,7 @@ def test_prometheus_and_alertmanager_run_hardened_on_loopback(host):
 
 
 def test_health_checker_scraped_over_tls_with_basic_auth(host):
-    assert wait_for_target_up(host), "Prometheus never scraped the health checker"
+    assert wait_for_targets_up(host), "Prometheus never scraped the health checker"
     targets = [t for t in prometheus(host, "targets")["activeTargets"] if t["labels"]["job"] == "redis-infra-health"]
     assert len(targets) == 1, targets
     target = targets[0]
@@ -159,7 +115,7 @@ def test_project_alerts_loaded_with_the_inventory_durations(host):
 
 
 def test_no_alert_fires_on_the_healthy_host(host):
-    wait_for_target_up(host)
+    wait_for_targets_up(host)
     time.sleep(6)  # two evaluations after the first scrape
     firing = [a for a in prometheus(host, "alerts")["alerts"] if a["state"] == "firing"]
     # RedisRestarted is true on a host whose Redis started less than 5 minutes ago (this one, just converged,
@@ -255,7 +211,7 @@ def test_grafana_provisioning_and_every_dashboard_query_returns_data(host):
     assert source["datasources"][0]["type"] == "prometheus"
     assert api(host, f"{url}/api/v1/status/buildinfo")["status"] == "success", "the data source's URL answers"
 
-    wait_for_target_up(host)
+    wait_for_targets_up(host)
     time.sleep(4)  # rate() over the panels' interval needs two samples
 
     def panels(items):
