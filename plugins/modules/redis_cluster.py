@@ -252,12 +252,16 @@ def migrate_slots(settings, observed, action, done, batch=100):
                 call(source, "CLUSTER", "SETSLOT", slot, "NODE", target["id"])
             except ClusterRefused as exc:
                 # A source that gives its last slot away becomes a replica of the target. Valkey 8 answers once
-                # its replicas have the change, and the wait ends with UNBLOCKED. On Redis 7.0 the target's
-                # announcement of the new owner may reach the source first: it is a replica already, and refuses
-                # SETSLOT ("only with masters"). Either way the slot is moved once the source says the target
-                # owns it.
-                if not (exc.reply.startswith("UNBLOCKED") or "Please use SETSLOT only with" in exc.reply) or not _owns(
-                        parse_nodes(call(source, "CLUSTER", "NODES")).get(target["id"]), slot):
+                # its replicas have the change, and the wait ends with UNBLOCKED (and the server closes that
+                # connection). On Redis 7.0 the target's announcement of the new owner may reach the source
+                # first: it is a replica already, and refuses SETSLOT ("only with masters"). Either way the slot
+                # is moved once the source, asked on a new connection, says the target owns it.
+                if not (exc.reply.startswith("UNBLOCKED") or "Please use SETSLOT only with" in exc.reply):
+                    raise
+                stale = conns.pop(source["id"], None)
+                if stale is not None:
+                    stale.close()
+                if not _owns(parse_nodes(call(source, "CLUSTER", "NODES")).get(target["id"]), slot):
                     raise
             for node in list(others):
                 # The cluster bus spreads the new owner anyway; telling every primary now shortens the window of
