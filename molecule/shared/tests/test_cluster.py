@@ -114,6 +114,13 @@ def _converge(*args):
     return _playbook(converge, *args)
 
 
+def _why(output):
+    """What a failed playbook run says: its first failed tasks (a later play's failure may only follow from an
+    earlier one), then its end."""
+    failed = [line[:1500] for line in output.splitlines() if line.startswith(("fatal:", "failed:", "[ERROR]"))]
+    return "\n".join(failed[:4]) + "\n...\n" + output[-2000:]
+
+
 def _changed_counts(result):
     return re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", result.stdout, re.MULTILINE)
 
@@ -187,7 +194,7 @@ def http_get(host, path):
 def test_cluster_backups_run_on_every_shard_and_health_checkers_report_the_cluster_ok(hosts):
     backup = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "backup.yml")
     result = _playbook(backup)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert result.returncode == 0, _why(result.stdout + result.stderr)
     for name, host in hosts.items():
         for instance in NAMES:
             status = json.loads(host.file(f"/var/lib/redis-infra/backup-status/{instance}.json").content_string)
@@ -236,8 +243,8 @@ def test_cluster_shard_restore_brings_back_its_keys_and_leaves_the_other_shards_
         result = _playbook(restore, "--limit", name, "-e", f"redis_backup_restore_instance={instance}",
                            "-e", "confirm=yes")
         output = result.stdout + result.stderr
-        assert result.returncode == 0, output[-3000:]
-        assert "Cluster shard: kept the backup" in output, output[-3000:]
+        assert result.returncode == 0, _why(output)
+        assert "Cluster shard: kept the backup" in output, _why(output)
         names = [f"app:cluster:{i}" for i in range(KEYS)]
         values = client.mget_nonatomic(names)
         wrong = [(key, value) for i, (key, value) in enumerate(zip(names, values, strict=True))
@@ -302,7 +309,7 @@ def test_cluster_stopped_primary_is_replaced_and_a_rerun_changes_nothing(hosts, 
     else:
         pytest.fail(f"{primary} did not rejoin as a replica: {state}")
     result = _converge()
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert result.returncode == 0, _why(result.stdout + result.stderr)
     counts = _changed_counts(result)  # the cluster's hosts, and a monitoring host where the scenario has one
     assert set(hosts) <= {name for name, _ in counts} and all(count == "0" for _, count in counts), \
         (counts, [line for line in result.stdout.splitlines() if line.startswith("changed:")])
@@ -451,7 +458,7 @@ def test_cluster_static_change_rolls_node_by_node_with_failovers_first(hosts, ad
     primaries_before = sorted(node for node, (role, _, _) in nodes_view(hosts, addresses).items() if role == "primary")
     with ClusterWriter(addresses) as writer:
         result = _converge("-e", "redis_server_tcp_backlog=1024")
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert result.returncode == 0, _why(result.stdout + result.stderr)
     elapsed = time.monotonic() - started
     after = uptimes()
     restarted = [node for node in before if after[node] < before[node] + elapsed - 2]
@@ -488,8 +495,8 @@ def test_cluster_grows_by_a_shard_added_to_the_inventory_under_writes(hosts, add
         result = _playbook(os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "..", "shared", "converge.yml"),
                            "-i", str(extra))
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
-    assert re.search(r"slots \d+-\d+ move from", output), output[-3000:]
+    assert result.returncode == 0, _why(output)
+    assert re.search(r"slots \d+-\d+ move from", output), _why(output)
     assert writer.acknowledged > 100
     assert writer.errors == [], sorted(set(writer.errors))[:5]
     view = nodes_view(hosts, addresses)
@@ -515,13 +522,13 @@ def test_cluster_shrinks_back_when_the_operator_confirms_the_removal_under_write
     assert all(node in nodes_view(hosts, addresses) for node in leaving), "the grow test did not run first"
     refused = _converge("--tags", "redis_server_cluster")
     output = refused.stdout + refused.stderr
-    assert refused.returncode != 0 and "redis_server_cluster_remove" in output, output[-3000:]
-    assert all(node in output for node in leaving), output[-3000:]
+    assert refused.returncode != 0 and "redis_server_cluster_remove" in output, _why(output)
+    assert all(node in output for node in leaving), _why(output)
     with ClusterWriter(addresses) as writer:
         result = _converge("--tags", "redis_server_cluster", "-e", json.dumps({"redis_server_cluster_remove": leaving}))
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
-    assert re.search(r"slots \d+-\d+ move from [0-9.:]+ \(leaving the cluster\)", output), output[-3000:]
+    assert result.returncode == 0, _why(output)
+    assert re.search(r"slots \d+-\d+ move from [0-9.:]+ \(leaving the cluster\)", output), _why(output)
     assert writer.acknowledged > 100
     assert writer.errors == [], sorted(set(writer.errors))[:5]
     view = nodes_view(hosts, addresses)
