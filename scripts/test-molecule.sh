@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Run Molecule scenarios in parallel lanes: each argument is a lane, its scenarios separated by commas
-# and run one after another; the lanes run side by side. A scenario keeps about one of this machine's
-# two cores busy while it converges and much less while it waits on failovers and timeouts, so three
-# lanes keep both busy (scenarios have their own containers and networks and can run side by side). Each scenario's output goes to $MOLECULE_LOG_DIR/<scenario>.log;
+# and run one after another; the lanes run side by side. One scenario keeps about one of this
+# machine's two cores busy, so two lanes make use of both (a third lane made every scenario much slower:
+# docs/benchmarks.md; scenarios have their own containers and networks and can run side by side). Each scenario's output goes to $MOLECULE_LOG_DIR/<scenario>.log;
 # this prints one line per scenario as it ends, then the whole log of every scenario that failed.
-#   scripts/test-molecule.sh ha,redis8 production,valkey,default cluster,cluster-valkey
+#   scripts/test-molecule.sh ha,cluster-valkey,default production,valkey,cluster,redis8
 set -uo pipefail
 self=$(realpath "$0")
 cd "$(dirname "$self")/.."
