@@ -19,6 +19,30 @@ REDIS_CLI = shutil.which("redis-cli") or shutil.which("valkey-cli")
 requires_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
 
+# Modules whose module-scoped fixture costs a minute or more (a whole ansible-playbook run, a lab of servers): their
+# tests go to one pytest-xdist worker, or each worker that gets one of them would build the fixture again. The
+# other tests are spread one by one, as with --dist load. (xdist's own --dist loadgroup does not group under
+# pytest 9, whose nodes no longer take the group suffix it adds to their ids.)
+ONE_WORKER_MODULES = frozenset({
+    "tests/role/test_preflight.py",
+    "tests/role/test_app_settings.py",
+    "tests/role/test_sentinel_monitor_user.py",
+    "tests/role/test_sentinel_own_password.py",
+    "tests/test_collection.py",
+})
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return ModuleFixtureScheduling(config, log)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
