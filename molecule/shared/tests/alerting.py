@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import time
+import urllib.parse
 
 import pytest
 
@@ -81,3 +82,32 @@ def wait_for_targets_up(host, job="redis-infra-health", count=1, seconds=60):
         if sum(sample["value"][1] == "1" for sample in result) >= count or time.monotonic() > deadline:
             return result
         time.sleep(1)
+
+
+def dashboard():
+    with open(os.path.join(PROJECT, "files", "grafana", "redis-infra-health.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def dashboard_queries(variables):
+    """(title, query) of every panel target and query variable of the project's Grafana dashboard, with Grafana's
+    variables ($instance, $redis_instance, $__rate_interval) replaced by `variables`' values."""
+    board = dashboard()
+
+    def panels(items):
+        for panel in items:
+            yield panel
+            yield from panels(panel.get("panels", []))
+
+    queries = [(panel["title"], target["expr"]) for panel in panels(board["panels"])
+               for target in panel.get("targets", []) if target.get("expr")]
+    queries += [("variable " + v["name"], v["query"]["query"].removeprefix("label_values(").rsplit(",", 1)[0])
+                for v in board["templating"]["list"] if v["type"] == "query"]
+    for name, value in variables.items():
+        queries = [(title, expr.replace(name, value)) for title, expr in queries]
+    return queries
+
+
+def query(host, expr):
+    """The samples Prometheus returns for `expr` now."""
+    return prometheus(host, "query?query=" + urllib.parse.quote(expr))["result"]

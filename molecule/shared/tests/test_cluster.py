@@ -341,6 +341,26 @@ def _wait_cluster_ok(hosts, seconds=60):
 
 
 @pytest.mark.skipif(not RUNNER.get_hosts("monitoring"), reason="this scenario has no monitoring host")
+def test_the_dashboards_cluster_and_replication_panels_return_data(hosts):
+    """The Grafana dashboard's panels that a standalone host leaves empty (test_monitoring.py), queried against the
+    monitoring host's Prometheus with the cluster's nodes chosen: cluster state and slots, connected replicas,
+    link state and replication lag (which exist only where a node is a replica or has one). Every panel but
+    Sentinel's returns data; the Sentinel panels stay unproven here."""
+    monitoring = testinfra.get_host(f"ansible://{RUNNER.get_hosts('monitoring')[0]}?ansible_inventory={INVENTORY}")
+    up = alerting.wait_for_targets_up(monitoring, count=len(hosts))
+    assert sum(sample["value"][1] == "1" for sample in up) == len(hosts), up
+    time.sleep(4)  # rate() over the panels' interval needs two samples
+    queries = alerting.dashboard_queries({"$instance": "|".join(hosts), "$redis_instance": ".*",
+                                          "$__rate_interval": "1m"})
+    queries = [(title, expr) for title, expr in queries if "sentinel" not in expr]
+    for metric in ("redis_cluster_state", "redis_cluster_slots_ok", "redis_master_link_up",
+                   "redis_connected_slave_lag_seconds"):
+        assert any(metric in expr for _, expr in queries), f"the dashboard has no panel on {metric}"
+    empty = [(title, expr) for title, expr in queries if not alerting.query(monitoring, expr)]
+    assert not empty, f"dashboard queries without data: {empty}"
+
+
+@pytest.mark.skipif(not RUNNER.get_hosts("monitoring"), reason="this scenario has no monitoring host")
 def test_cluster_alerts_page_the_webhook_when_a_shard_loses_its_primary_or_its_replica(hosts, addresses):
     """The monitoring host scrapes every node's health checker (molecule/cluster-valkey). On the healthy cluster
     none of the cluster's alerts fires. A primary stopped while its replica is held from taking over

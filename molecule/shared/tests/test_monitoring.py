@@ -12,7 +12,6 @@ import json
 import os
 import shlex
 import time
-import urllib.parse
 
 import alerting
 import pytest
@@ -200,10 +199,8 @@ NEEDS_REPLICATION = ("redis_master_link_up", "redis_connected_slave_lag_seconds"
 
 
 def test_grafana_provisioning_and_every_dashboard_query_returns_data(host):
-    with open(os.path.join(PROJECT, "files", "grafana", "redis-infra-health.json"), encoding="utf-8") as handle:
-        dashboard = json.load(handle)
     installed = json.loads(host.file("/var/lib/grafana/dashboards/redis-infra/redis-infra-health.json").content_string)
-    assert installed == dashboard
+    assert installed == alerting.dashboard()
     provider = yaml.safe_load(host.file("/etc/grafana/provisioning/dashboards/redis-infra.yml").content_string)
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards/redis-infra"
     source = yaml.safe_load(host.file("/etc/grafana/provisioning/datasources/redis-infra.yml").content_string)
@@ -214,22 +211,8 @@ def test_grafana_provisioning_and_every_dashboard_query_returns_data(host):
     wait_for_targets_up(host)
     time.sleep(4)  # rate() over the panels' interval needs two samples
 
-    def panels(items):
-        for panel in items:
-            yield panel
-            yield from panels(panel.get("panels", []))
-
-    variables = {"$instance": REDIS_HOST, "$redis_instance": ".*", "$__rate_interval": "1m"}
-    queries = [(panel["title"], target["expr"]) for panel in panels(dashboard["panels"])
-               for target in panel.get("targets", []) if target.get("expr")]
-    queries += [("variable " + v["name"], v["query"]["query"].removeprefix("label_values(").rsplit(",", 1)[0])
-                for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    queries = alerting.dashboard_queries({"$instance": REDIS_HOST, "$redis_instance": ".*", "$__rate_interval": "1m"})
     assert len(queries) > 25
-    empty = []
-    for title, expr in queries:
-        for name, value in variables.items():
-            expr = expr.replace(name, value)
-        result = api(host, "http://127.0.0.1:9090/api/v1/query?query=" + urllib.parse.quote(expr))["data"]["result"]
-        if not result and not any(metric in expr for metric in NEEDS_REPLICATION):
-            empty.append((title, expr))
+    empty = [(title, expr) for title, expr in queries
+             if not any(metric in expr for metric in NEEDS_REPLICATION) and not alerting.query(host, expr)]
     assert not empty, f"dashboard queries without data: {empty}"
