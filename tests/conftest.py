@@ -32,7 +32,10 @@ ONE_WORKER_MODULES = frozenset({
 })
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "load":
+        return None  # another --dist asked for: xdist's own scheduler
     from xdist.scheduler import LoadScopeScheduling
 
     class ModuleFixtureScheduling(LoadScopeScheduling):

@@ -1,7 +1,10 @@
 """Filters around the redis_files module: the entries of many groups of files in one list, and each
-group's results back by name."""
+group's results back by name; and which of the controller's own files are missing or have another mode."""
 
 from __future__ import annotations
+
+import os
+import stat
 
 from ansible.errors import AnsibleFilterError
 
@@ -45,9 +48,30 @@ def redis_files_results(written, groups):
     return found[0] if single else found
 
 
+def redis_local_paths_to_fix(wanted):
+    """The paths of `wanted` ({path: octal mode string}; a path that ends with / is a directory) that are missing
+    on the controller, are of the other kind, or have another mode. The templating runs on the controller, so
+    this costs no module run: the tasks that make or correct these files run only when it is not empty."""
+    if not isinstance(wanted, dict):
+        raise AnsibleFilterError(f"redis_local_paths_to_fix: {wanted!r} is not a mapping of paths to modes")
+    found = []
+    for raw, mode in wanted.items():
+        directory = str(raw).endswith("/")
+        path = os.path.expanduser(str(raw).rstrip("/") or "/")
+        try:
+            info = os.stat(path)
+        except OSError:
+            found.append(path)
+            continue
+        if stat.S_ISDIR(info.st_mode) != directory or stat.S_IMODE(info.st_mode) != int(str(mode), 8):
+            found.append(path)
+    return found
+
+
 class FilterModule:
     def filters(self):
         return {
             "redis_files_entries": redis_files_entries,
             "redis_files_results": redis_files_results,
+            "redis_local_paths_to_fix": redis_local_paths_to_fix,
         }

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "plugins/filter"))
 
 from redis_conf import redis_conf_changes, redis_conf_parse, redis_memory_bytes, redis_server_plan  # noqa: E402
+from redis_files import redis_local_paths_to_fix  # noqa: E402
 
 from tests.role.catalog import RUNTIME_DIRECTIVES  # noqa: E402
 
@@ -132,3 +133,23 @@ def test_certificate_names_are_dns_or_ip_entries_each_once():
              "redis-1", "localhost"]
     assert redis_tls_subject_alt_names(names) == [
         "DNS:redis-1", "DNS:redis-1.example.org", "IP:127.0.0.1", "IP:::1", "IP:10.0.0.5", "DNS:localhost"]
+
+
+def test_local_paths_to_fix_names_what_is_missing_of_the_other_kind_or_of_another_mode(tmp_path):
+    """What the private CA's tasks test before they run (roles/redis_server/tasks/tls.yml)."""
+    ca = tmp_path / "ca"
+    wanted = {f"{ca}/": "0700", f"{ca}/hosts/": "0700", f"{ca}/ca.key": "0600", f"{ca}/ca.crt": "0644"}
+    assert redis_local_paths_to_fix(wanted) == [str(ca), f"{ca}/hosts", f"{ca}/ca.key", f"{ca}/ca.crt"]
+    (ca / "hosts").mkdir(parents=True)
+    ca.chmod(0o700)
+    (ca / "hosts").chmod(0o700)
+    (ca / "ca.key").write_text("key")
+    (ca / "ca.key").chmod(0o600)
+    (ca / "ca.crt").write_text("cert")
+    (ca / "ca.crt").chmod(0o644)
+    assert redis_local_paths_to_fix(wanted) == []
+    (ca / "ca.key").chmod(0o644)  # a key copied back with the wrong mode is corrected by the next run
+    assert redis_local_paths_to_fix(wanted) == [f"{ca}/ca.key"]
+    assert redis_local_paths_to_fix({f"{ca}/ca.crt/": "0644", f"{ca}/hosts": "0700"}) == [f"{ca}/ca.crt", f"{ca}/hosts"]
+    with pytest.raises(Exception, match="not a mapping"):
+        redis_local_paths_to_fix([str(ca)])

@@ -345,7 +345,8 @@ def test_the_dashboards_cluster_and_replication_panels_return_data(hosts):
     """The Grafana dashboard's panels that a standalone host leaves empty (test_monitoring.py), queried against the
     monitoring host's Prometheus with the cluster's nodes chosen: cluster state and slots, connected replicas,
     link state and replication lag (which exist only where a node is a replica or has one). Every panel but
-    Sentinel's returns data; the Sentinel panels stay unproven here."""
+    Sentinel's returns data; the Sentinel panels stay unproven here. Runs after the module's earlier tests,
+    which leave keys and a backup on every node (the keyspace and backup-age panels need them)."""
     monitoring = testinfra.get_host(f"ansible://{RUNNER.get_hosts('monitoring')[0]}?ansible_inventory={INVENTORY}")
     up = alerting.wait_for_targets_up(monitoring, count=len(hosts))
     assert sum(sample["value"][1] == "1" for sample in up) == len(hosts), up

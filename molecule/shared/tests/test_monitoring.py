@@ -213,6 +213,7 @@ def test_grafana_provisioning_and_every_dashboard_query_returns_data(host):
 
     queries = alerting.dashboard_queries({"$instance": REDIS_HOST, "$redis_instance": ".*", "$__rate_interval": "1m"})
     assert len(queries) > 25
+    # Every query is sent (Prometheus refuses one that does not parse); only those of NEEDS_REPLICATION may be empty.
     empty = [(title, expr) for title, expr in queries
-             if not any(metric in expr for metric in NEEDS_REPLICATION) and not alerting.query(host, expr)]
+             if not alerting.query(host, expr) and not any(metric in expr for metric in NEEDS_REPLICATION)]
     assert not empty, f"dashboard queries without data: {empty}"
