@@ -14,7 +14,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "plugins/filter"))
 
 from redis_conf import redis_conf_changes, redis_conf_parse, redis_memory_bytes, redis_server_plan  # noqa: E402
-from redis_files import redis_local_paths_to_fix  # noqa: E402
 
 from tests.role.catalog import RUNTIME_DIRECTIVES  # noqa: E402
 
@@ -137,6 +136,13 @@ def test_certificate_names_are_dns_or_ip_entries_each_once():
 
 def test_local_paths_to_fix_names_what_is_missing_of_the_other_kind_or_of_another_mode(tmp_path):
     """What the private CA's tasks test before they run (roles/redis_server/tasks/tls.yml)."""
+    # Loaded under a name of its own: plugins/modules has a redis_files.py too (tests/role/test_files_module.py).
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("redis_files_filter_plugin", ROOT / "plugins/filter/redis_files.py")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    redis_local_paths_to_fix = loaded.redis_local_paths_to_fix
     ca = tmp_path / "ca"
     wanted = {f"{ca}/": "0700", f"{ca}/hosts/": "0700", f"{ca}/ca.key": "0600", f"{ca}/ca.crt": "0644"}
     assert redis_local_paths_to_fix(wanted) == [str(ca), f"{ca}/hosts", f"{ca}/ca.key", f"{ca}/ca.crt"]
