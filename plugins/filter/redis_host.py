@@ -32,7 +32,16 @@ def redis_tls_subject_alt_names(names):
     return entries
 
 
+def redis_unit_needs_start(units, name):
+    """Whether the systemd unit `name` must be started or enabled, from the `units` a redis_files
+    execution read ({name: {state, status}}): true unless it is running and enabled. A unit that was not
+    read, or does not exist, needs a start."""
+    unit = (units or {}).get(name) or {}
+    return unit.get("state", "") != "running" or unit.get("status", "") != "enabled"
+
+
 class FilterModule:
     def filters(self):
         return {"redis_is_container": redis_is_container,
-                "redis_tls_subject_alt_names": redis_tls_subject_alt_names}
+                "redis_tls_subject_alt_names": redis_tls_subject_alt_names,
+                "redis_unit_needs_start": redis_unit_needs_start}

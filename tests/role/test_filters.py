@@ -134,6 +134,23 @@ def test_certificate_names_are_dns_or_ip_entries_each_once():
         "DNS:redis-1", "DNS:redis-1.example.org", "IP:127.0.0.1", "IP:::1", "IP:10.0.0.5", "DNS:localhost"]
 
 
+@pytest.mark.parametrize(("units", "expected"), [
+    ({"redis-server@main.service": {"state": "running", "status": "enabled"}}, False),
+    ({"redis-server@main.service": {"state": "running", "status": "disabled"}}, True),
+    ({"redis-server@main.service": {"state": "stopped", "status": "enabled"}}, True),
+    ({"redis-server@main.service": {"state": "failed", "status": "enabled"}}, True),
+    ({"redis-server@main.service": {}}, True),
+    ({"other.service": {"state": "running", "status": "enabled"}}, True),
+    ({}, True),
+    (None, True),
+])
+def test_a_unit_needs_a_start_unless_it_runs_and_is_enabled(units, expected):
+    """The one test that the server, Sentinel, health and backup roles make before systemd_service."""
+    from redis_host import redis_unit_needs_start
+
+    assert redis_unit_needs_start(units, "redis-server@main.service") is expected
+
+
 def test_local_paths_to_fix_names_what_is_missing_of_the_other_kind_or_of_another_mode(tmp_path):
     """What the private CA's tasks test before they run (roles/redis_server/tasks/tls.yml)."""
     # Loaded under a name of its own: plugins/modules has a redis_files.py too (tests/role/test_files_module.py).
