@@ -10,6 +10,9 @@ PYTHON ?= python3
 # slower on the 2 cores (ha 2211 s instead of 1219, production 1301 instead of 699): two lanes, each with one
 # cluster scenario. `make test-molecule LANES=production` runs one.
 LANES ?= ha,cluster-valkey,default production,valkey,cluster,redis8
+# Fast-test workers: the tests wait on servers and playbooks much of the time, so three workers keep the two cores
+# busier than two (on this machine the same 696 tests took 352 s with 2, 273 s with 3 and 255 s with 4).
+FAST_WORKERS ?= 3
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -51,7 +54,7 @@ sanity: venv ## ansible-test sanity on the built collection (each test in its ow
 	scripts/sanity.sh
 
 test-fast: venv collections ## Fast tests: templates and Python tools against real redis-server processes
-	$(BIN)/pytest -q -n 2 tests
+	$(BIN)/pytest -q -n $(FAST_WORKERS) tests
 
 test-molecule: venv collections images ## Every Molecule scenario (in parallel lanes): check mode, converge, verify
 	MOLECULE=$(BIN)/molecule scripts/test-molecule.sh $(LANES)

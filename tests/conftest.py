@@ -58,10 +58,12 @@ def cluster_port() -> int:
     this check made a node exit once it had answered. Each pytest-xdist worker has a range of its own."""
     import random
 
-    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 2
-    low = 10000 + worker * 6000
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % workers
+    span = 12000 // workers  # ports 10000 to 21999, their bus ports up to 31999
+    low = 10000 + worker * span
     while True:
-        port = random.randint(low, low + 5999)  # noqa: S311
+        port = random.randint(low, low + span - 1)  # noqa: S311
         try:
             for candidate in (port, port + 10000):
                 with socket.socket() as sock:
