@@ -60,7 +60,7 @@ def cluster_port() -> int:
 
     workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % workers
-    span = 12000 // workers  # ports 10000 to 21999, their bus ports up to 31999
+    span = 10000 // workers  # ports 10000 to 19999, their bus ports 20000 to 29999: the two never overlap
     low = 10000 + worker * span
     while True:
         port = random.randint(low, low + span - 1)  # noqa: S311
