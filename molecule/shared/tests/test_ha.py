@@ -1063,6 +1063,9 @@ def test_ha_password_rotation_in_two_phases_keeps_clients_and_replication_connec
     assert cli(hosts[primary], "PING", user=None, password=ROTATED["redis_server_password"]) == "PONG"
     for name in SENTINELS:
         assert "WRONGPASS" in sentinel(hosts[name], "PING"), f"{name}: the old Sentinel password still works"
+        # The copy of the connection file that reached the Sentinel with its old password is gone.
+        left = hosts[name].run("ls /etc/redis-infra/connections/ | grep '^sentinel\\.toml.' || true").stdout.split()
+        assert not left, f"{name}: copies of Sentinel's connection file left behind: {left}"
         assert cli(hosts[name], "PING", user=None, password=ROTATED["redis_sentinel_password"],
                    port=SENTINEL_PORT) == "PONG"
     # The Sentinels still reach each other once their links are made again: each presents the new password
