@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 
+import checker
 import pytest
 import testinfra
 import tls_setup
@@ -185,10 +186,10 @@ def test_summary_lists_primary_replicas_and_sentinels(hosts, addresses):
 
 
 def _checker(host, path="/metrics"):
-    """A page of the host's health checker (from inside the container), or ''."""
-    script = ("import urllib.request\n"
-              f"print(urllib.request.urlopen('http://127.0.0.1:9122{path}', timeout=5).read().decode())")
-    return host.run(f"python3 -c {shlex.quote(script)}").stdout
+    """A page of the host's health checker (from inside the container), or '' while it does not answer 200."""
+    result = host.run(f"python3 -c {shlex.quote(checker.script(host.ansible.get_variables(), path))}")
+    status, _, body = result.stdout.partition("\n")
+    return body if result.rc == 0 and status == "200" else ""
 
 
 def _instance_info(host):
@@ -971,14 +972,7 @@ class HealthWatch:
     """Polls every host's health checker (on its loopback, through docker exec) until stopped: the
     statuses seen, so that a test can say none turned unhealthy."""
 
-    QUERY = "\n".join([
-        "import json, urllib.error, urllib.request",
-        "try:",
-        "    body = urllib.request.urlopen('http://127.0.0.1:9122/api/health', timeout=2).read()",
-        "except urllib.error.HTTPError as err:  # 503: unhealthy",
-        "    body = err.read()",
-        "print(json.loads(body).get('status'))",
-    ])
+    QUERY = checker.script(VARIABLES, "/api/health")  # 503: unhealthy; the body says so as well
 
     def __init__(self):
         import threading
@@ -991,7 +985,12 @@ class HealthWatch:
             for name in REDIS_HOSTS:
                 result = subprocess.run(["docker", "exec", name, "python3", "-c", self.QUERY],
                                         capture_output=True, text=True, timeout=10, check=False)
-                self.seen[name].add(result.stdout.strip() or f"no answer: {result.stderr.strip()[-80:]}")
+                body = result.stdout.partition("\n")[2]
+                try:
+                    status = json.loads(body).get("status")
+                except ValueError:
+                    status = None
+                self.seen[name].add(status or f"no answer: {result.stderr.strip()[-80:]}")
             self.stop.wait(2)
 
     def __enter__(self):
