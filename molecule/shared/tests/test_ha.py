@@ -808,9 +808,15 @@ def test_ha_static_change_rolls_one_host_at_a_time_under_load(hosts, addresses):
     """A converge that needs restarts (tcp-backlog) restarts one host at a time, replicas first and the
     primary after a Sentinel failover: writes fail in one window only, the failover, and briefly."""
     before = _uptimes(hosts)
+    # What a run cut off during a change of Sentinel's password leaves: the copy of Sentinel's old connection
+    # file (mode 0600) that the run reaches the Sentinel with. The next run removes it.
+    leftover = "/etc/redis-infra/connections/sentinel.toml.previous"
+    planted = hosts[SENTINELS[-1]]
+    planted.run_test(f"install -m 0600 /etc/redis-infra/connections/sentinel.toml {leftover}")
     with SentinelWriter(addresses) as writer:
         result = _converge("-e", "redis_server_tcp_backlog=1024")
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert not planted.file(leftover).exists, "the copy of Sentinel's old connection file was left behind"
     assert _restarted(before, hosts, list(hosts)) == sorted(hosts), "not every instance restarted"
     started = sorted(time.time() - int(info(host, "server")["uptime_in_seconds"]) for host in hosts.values())
     assert all(later - earlier >= 1 for earlier, later in zip(started, started[1:], strict=False)), \
