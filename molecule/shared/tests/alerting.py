@@ -74,6 +74,22 @@ def wait_for_page(host, alertname, status, since, instance, redis_instance=None,
         time.sleep(0.5)
 
 
+def page_and_resolve(sink, alertname, instance, break_it, repair, seconds=PAGE_WITHIN):
+    """Break something, wait for the webhook to get `alertname` firing for the host `instance` (None for the
+    group-wide alerts, which carry replication_group instead), repair it (whatever happened), and wait for the
+    resolution; (fired, resolved) in seconds from the fault and from the repair."""
+    fault = time.time()
+    try:
+        break_it()
+        fired = wait_for_page(sink, alertname, "firing", fault, instance, seconds=seconds)
+    finally:
+        repaired = time.time()
+        repair()
+    resolved = wait_for_page(sink, alertname, "resolved", repaired, instance, seconds=seconds)
+    print(f"{alertname}: fired {fired:.1f} s after the fault, resolved {resolved:.1f} s after the repair")
+    return fired, resolved
+
+
 def wait_for_targets_up(host, job="redis-infra-health", count=1, seconds=60):
     """The `up` samples of the health checkers' job once `count` of them say 1 (or what there is at the deadline)."""
     deadline = time.monotonic() + seconds

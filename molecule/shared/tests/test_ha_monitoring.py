@@ -104,21 +104,6 @@ def paused(name):
         subprocess.run(["docker", "unpause", name], check=True, timeout=30, stdout=subprocess.DEVNULL)
 
 
-def page_and_resolve(sink, alertname, instance, break_it, repair, seconds=alerting.PAGE_WITHIN):
-    """Break something, wait for the webhook to get `alertname` firing (for the host `instance`; None for the
-    group-wide alerts, which carry replication_group instead), repair it, and wait for the resolution."""
-    fault = time.time()
-    try:
-        break_it()
-        fired = alerting.wait_for_page(sink, alertname, "firing", fault, instance, seconds=seconds)
-    finally:
-        repaired = time.time()
-        repair()
-    resolved = alerting.wait_for_page(sink, alertname, "resolved", repaired, instance, seconds=seconds)
-    print(f"{alertname}: fired {fired:.1f} s after the fault, resolved {resolved:.1f} s after the repair")
-    return fired, resolved
-
-
 def firing(monitor):
     return [a for a in alerting.prometheus(monitor, "alerts")["alerts"] if a["state"] == "firing"]
 
@@ -167,7 +152,7 @@ def test_ha_every_replication_and_sentinel_panel_of_the_dashboard_has_data(monit
 
 def test_ha_a_stopped_sentinel_pages_the_webhook_and_resolves(monitor, hosts):
     name = sorted(n for n in ha.SENTINELS if n != ha.current_primary(hosts))[0]
-    page_and_resolve(monitor, "RedisSentinelDown", name, lambda: sentinels(hosts, [name], "stop"),
+    alerting.page_and_resolve(monitor, "RedisSentinelDown", name, lambda: sentinels(hosts, [name], "stop"),
                      lambda: sentinels(hosts, [name], "start"))
 
 
@@ -176,7 +161,7 @@ def test_ha_sentinels_without_a_majority_page_quorum_lost_and_resolve(monitor, h
     up, so none starts)."""
     target = ha.SENTINELS[0]
     others = [n for n in ha.SENTINELS if n != target]
-    page_and_resolve(monitor, "RedisSentinelQuorumLost", target, lambda: sentinels(hosts, others, "stop"),
+    alerting.page_and_resolve(monitor, "RedisSentinelQuorumLost", target, lambda: sentinels(hosts, others, "stop"),
                      lambda: sentinels(hosts, others, "start"))
 
 
@@ -188,7 +173,7 @@ def test_ha_a_replica_silent_for_30_seconds_pages_replication_lag_and_resolves(m
     primary = ha.current_primary(hosts)
     replica = sorted(n for n in hosts if n != primary)[0]
     with contextlib.ExitStack() as stack:
-        page_and_resolve(monitor, "RedisReplicationLag", primary,
+        alerting.page_and_resolve(monitor, "RedisReplicationLag", primary,
                          lambda: stack.enter_context(paused(replica)), stack.close, seconds=REPL_TIMEOUT - 8)
     assert ha.current_primary(hosts) == primary
     assert ha._healed(hosts) == primary
@@ -204,7 +189,7 @@ def test_ha_two_primaries_no_primary_and_a_silent_primary_page_the_webhook_and_r
     primary = ha.current_primary(hosts)
     promoted, watched = sorted(n for n in hosts if n != primary)
     with sentinels_stopped(hosts):
-        page_and_resolve(monitor, "RedisMultiplePrimaries", None,
+        alerting.page_and_resolve(monitor, "RedisMultiplePrimaries", None,
                          lambda: ha.cli(hosts[promoted], "REPLICAOF", "NO", "ONE"),
                          lambda: ha.cli(hosts[promoted], "REPLICAOF", addresses[primary], ha.PORT))
         assert ha._healed(hosts) == primary

@@ -127,18 +127,7 @@ def test_no_alert_fires_on_the_healthy_host(host):
 
 
 def page_and_resolve(sink, alertname, break_it, repair):
-    """Break something, wait for the webhook to get `alertname` firing for the Redis host, repair it, and
-    wait for the resolution; (fired, resolved) in seconds from the fault and from the repair."""
-    fault = time.time()
-    break_it()
-    try:
-        fired = wait_for_page(sink, alertname, "firing", fault)
-    finally:
-        repaired = time.time()
-        repair()
-    resolved = wait_for_page(sink, alertname, "resolved", repaired)
-    print(f"{alertname}: fired {fired:.1f} s after the fault, resolved {resolved:.1f} s after the repair")
-    return fired, resolved
+    return alerting.page_and_resolve(sink, alertname, REDIS_HOST, break_it, repair)
 
 
 @pytest.mark.parametrize(("unit", "alertname"), [("redis-server@main.service", "RedisDown"),
