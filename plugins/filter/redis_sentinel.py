@@ -52,7 +52,40 @@ def redis_sentinel_peers_heard(sentinels_reply, within_ms):
     return heard
 
 
+def _entries(reply):
+    return [dict(zip(entry[::2], entry[1::2], strict=False)) for entry in reply or [] if isinstance(entry, list)]
+
+
+def redis_sentinel_forgotten(sentinels_reply, replicas_reply, sentinels, replicas, within_ms):
+    """After playbooks/replace.yml's SENTINEL RESET: what this Sentinel still gets wrong about one primary, from
+    SENTINEL SENTINELS and SENTINEL REPLICAS, against the Sentinels and replicas that stay ([] when nothing):
+    it must know exactly the other Sentinels that stay, each heard within within_ms, and exactly the replicas
+    that stay, none of them down (a retired host it still lists could count in a failover's majority)."""
+    wrong = []
+    peers, listed = _entries(sentinels_reply), _entries(replicas_reply)
+    heard = redis_sentinel_peers_heard(sentinels_reply, within_ms)
+    if len(peers) != sentinels - 1 or heard != sentinels - 1:
+        wrong.append(f"knows {len(peers)} other Sentinels and heard {heard}, expects {sentinels - 1}")
+    down = [f"{entry.get('ip')}:{entry.get('port')}" for entry in listed
+            if {"s_down", "o_down", "disconnected"} & set(str(entry.get("flags", "")).split(","))]
+    if len(listed) != replicas or down:
+        wrong.append(f"lists {len(listed)} replicas ({', '.join(down) or 'none'} down), expects {replicas}")
+    return wrong
+
+
+
+def redis_sentinel_choosable(replicas_reply, addresses):
+    """From SENTINEL REPLICAS <name>: the replicas at one of addresses ("ip:port" list) that this Sentinel could
+    still promote (not down, not disconnected, replica-priority above 0)."""
+    return [f"{entry.get('ip')}:{entry.get('port')}" for entry in _entries(replicas_reply)
+            if f"{entry.get('ip')}:{entry.get('port')}" in set(map(str, addresses or []))
+            and not {"s_down", "o_down", "disconnected"} & set(str(entry.get("flags", "")).split(","))
+            and str(entry.get("slave-priority", "1")) != "0"]
+
+
 class FilterModule:
     def filters(self):
         return {"redis_sentinel_changes": redis_sentinel_changes, "redis_sentinel_summary": redis_sentinel_summary,
+                "redis_sentinel_forgotten": redis_sentinel_forgotten,
+                "redis_sentinel_choosable": redis_sentinel_choosable,
                 "redis_sentinel_peers_heard": redis_sentinel_peers_heard}

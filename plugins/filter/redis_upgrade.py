@@ -144,6 +144,97 @@ def redis_upgrade_disagreement(decisions):
             "redis_server_upgrade_version to one version that every host's sources have.")
 
 
+def _info_fields(text):
+    return dict(line.split(":", 1) for line in str(text or "").splitlines() if ":" in line and not line.startswith("#"))
+
+
+def _numbers(version):
+    return tuple(int(part) for part in re.findall(r"\d+", str(version))[:3])
+
+
+def redis_server_build(info_server):
+    """(engine, version) of the server that answered INFO server: Valkey names itself in server_name and
+    gives valkey_version (its redis_version stays 7.2.4 for clients); Redis gives redis_version only."""
+    fields = _info_fields(info_server)
+    if fields.get("server_name", "").strip() == "valkey" or "valkey_version" in fields:
+        return "valkey", fields.get("valkey_version", "").strip()
+    return "redis", fields.get("redis_version", "").strip()
+
+
+def redis_rdb_format(engine, version, formats, reader=False):
+    """The RDB format version that engine at version writes, from formats: {engine: {"major.minor": format}}
+    (the engines' table in the redis_server role's vars). None when the table does not have it; with reader,
+    a version newer than every entry counts as reading the table's highest format (a server reads every
+    format up to its own), which never allows more than it can do."""
+    table = {_numbers(key)[:2]: int(number) for key, number in ((formats or {}).get(engine) or {}).items()}
+    wanted = _numbers(version)[:2]
+    if wanted in table:
+        return table[wanted]
+    if reader and table and wanted > max(table):
+        return table[max(table)]
+    return None
+
+
+def redis_replace_reports(info_results, host, retiring, address, topology):
+    """One host's part of redis_replace_decision: from the registered results of INFO server on each of its
+    instances, {host: 'host instance', retiring, primary (the instance's current primary is this host), info}."""
+    reports = []
+    for result in (info_results or {}).get("results", []):
+        name = result["item"]["name"]
+        responses = result.get("responses") or [""]
+        reports.append({"host": f"{host} {name}", "retiring": bool(retiring),
+                        "primary": str(((topology or {}).get(name) or {}).get("address", "")) == str(address),
+                        "info": responses[0] if isinstance(responses[0], str) else ""})
+    return reports
+
+
+def redis_replace_decision(reports, engines):
+    """Whether playbooks/replace.yml may move a replication group onto the hosts that stay. reports: one per
+    host, {host, retiring (bool), primary (bool: runs a current primary), info (INFO server, '' when the
+    host did not answer)}. Every host that stays must answer, all of them must run one engine and version (any
+    of them can become the primary, and each must read what the others write), and that version must read
+    the current primary's RDB format (replicas load it at their first sync). Returns {errors: [sentences],
+    builds: {host: 'engine version (RDB n)'}}. engines: the engines' table, each with its rdb_formats."""
+    formats = {name: (spec or {}).get("rdb_formats") or {} for name, spec in (engines or {}).items()}
+    errors, builds = [], {}
+    staying = [report for report in reports or [] if not report.get("retiring")]
+    if not staying:
+        errors.append("Every host of the redis group is in redis_retiring: at least one host must stay and take "
+                      "the group over.")
+    read = {}
+    for report in reports or []:
+        if not report.get("info"):
+            if not report.get("retiring") or report.get("primary"):
+                errors.append(f"{report['host']} did not answer INFO, so its engine and version are unknown.")
+            continue
+        engine, version = redis_server_build(report["info"])
+        number = redis_rdb_format(engine, version, formats, reader=not report.get("primary"))
+        read[report["host"]] = (engine, ".".join(str(n) for n in _numbers(version)[:2]), number)
+        builds[report["host"]] = f"{engine} {version} (RDB {number if number is not None else 'unknown'})"
+    kinds = {read[report["host"]][:2] for report in staying if report["host"] in read}
+    if len(kinds) > 1:
+        errors.append("The hosts that stay run different engines or versions ("
+                      + "; ".join(f"{host}: {build}" for host, build in sorted(builds.items())
+                                  if host in {r["host"] for r in staying})
+                      + "): each of them can become the primary, so each must read what the others write. "
+                      "Give them one engine and version.")
+    staying_formats = [read[r["host"]][2] for r in staying if r["host"] in read]
+    for report in reports or []:
+        if not report.get("primary") or report["host"] not in read:
+            continue
+        engine, version, number = read[report["host"]]
+        if number is None or any(theirs is None for theirs in staying_formats):
+            errors.append(f"The RDB format of {', '.join(sorted(h for h, b in builds.items() if 'unknown' in b))} "
+                          "is unknown: add the version to the rdb_formats of its engine (redis_server role, "
+                          "vars/main.yml) before a replacement.")
+        elif any(theirs < number for theirs in staying_formats):
+            errors.append(f"The primary on {report['host']} runs {engine} {version}, which writes RDB {number}; "
+                          "the hosts that stay read only up to RDB "
+                          f"{min(staying_formats)}, so they could not load its data (docs/upgrade.md, data "
+                          "formats). Replace it with hosts of a newer version or of an engine that reads it.")
+    return {"errors": errors, "builds": builds}
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -152,4 +243,8 @@ class FilterModule:
             "redis_apt_policy": redis_apt_policy,
             "redis_upgrade_decision": redis_upgrade_decision,
             "redis_upgrade_disagreement": redis_upgrade_disagreement,
+            "redis_server_build": redis_server_build,
+            "redis_rdb_format": redis_rdb_format,
+            "redis_replace_reports": redis_replace_reports,
+            "redis_replace_decision": redis_replace_decision,
         }

@@ -16,7 +16,13 @@ from tests.conftest import REDIS_SERVER, free_port
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "plugins/filter"))
 
-from redis_sentinel import redis_sentinel_changes, redis_sentinel_peers_heard, redis_sentinel_summary  # noqa: E402
+from redis_sentinel import (  # noqa: E402
+    redis_sentinel_changes,
+    redis_sentinel_choosable,
+    redis_sentinel_forgotten,
+    redis_sentinel_peers_heard,
+    redis_sentinel_summary,
+)
 
 SETTINGS = {"down-after-milliseconds": "5000", "failover-timeout": "60000", "parallel-syncs": "1", "quorum": "1"}
 SAVED = "sentinel auth-user main sentinel-user\nsentinel auth-pass main sentinel-password-0123456789\n"
@@ -152,3 +158,30 @@ def test_peers_heard_counts_only_sentinels_that_sent_a_hello_lately(redis_factor
             proc.wait(10)
     assert redis_sentinel_peers_heard([["name", "x", "last-hello-message", "6000"]], 5000) == 0
     assert redis_sentinel_peers_heard(None, 5000) == 0
+
+
+def _replica(ip, flags="slave", priority="100"):
+    return _reply(name=f"{ip}:6379", ip=ip, port="6379", flags=flags, slave_priority=priority)
+
+
+def test_forgotten_asks_for_exactly_the_sentinels_and_replicas_that_stay():
+    """playbooks/replace.yml's wait after SENTINEL RESET: one other Sentinel heard and one replica up is right for
+    two hosts that stay; a left Sentinel still known, one not heard lately, or a down replica still listed is not."""
+    peer = _reply(ip="10.0.0.5", port="26379", last_hello_message="800")
+    silent = _reply(ip="10.0.0.1", port="26379", last_hello_message="40000")
+    assert redis_sentinel_forgotten([peer], [_replica("10.0.0.6")], 2, 1, 5000) == []
+    assert redis_sentinel_forgotten([peer, silent], [_replica("10.0.0.6")], 2, 1, 5000) == [
+        "knows 2 other Sentinels and heard 1, expects 1"]
+    assert redis_sentinel_forgotten([silent], [_replica("10.0.0.6")], 2, 1, 5000) == [
+        "knows 1 other Sentinels and heard 0, expects 1"]
+    left = _replica("10.0.0.2", flags="s_down,slave,disconnected")
+    assert redis_sentinel_forgotten([peer], [_replica("10.0.0.6"), left], 2, 1, 5000) == [
+        "lists 2 replicas (10.0.0.2:6379 down), expects 1"]
+
+
+def test_choosable_leaves_out_replicas_down_disconnected_or_of_priority_0():
+    replies = [_replica("10.0.0.2", flags="slave,disconnected"), _replica("10.0.0.3", priority="0"),
+               _replica("10.0.0.4", flags="s_down,slave"), _replica("10.0.0.5")]
+    every = [f"10.0.0.{n}:6379" for n in range(2, 7)]
+    assert redis_sentinel_choosable(replies, every) == ["10.0.0.5:6379"]
+    assert redis_sentinel_choosable(replies, ["10.0.0.2:6379", "10.0.0.3:6379"]) == []

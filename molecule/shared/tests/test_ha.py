@@ -6,6 +6,7 @@ test pauses the primary's container (docker pause) and always unpauses it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -627,9 +628,9 @@ class SentinelWriter(ThreadedWriter):
     limit = 900
     error_pause = 0.05
 
-    def __init__(self, addresses):
+    def __init__(self, addresses, sentinels=None):
         from redis.sentinel import Sentinel
-        sentinels = Sentinel([(addresses[name], SENTINEL_PORT) for name in SENTINELS], socket_timeout=1,
+        sentinels = Sentinel([(addresses[name], SENTINEL_PORT) for name in sentinels or SENTINELS], socket_timeout=1,
                              sentinel_kwargs={"password": VARIABLES["redis_sentinel_password"], "socket_timeout": 1,
                                               **TLS})
         super().__init__(sentinels.master_for(NAME, password=VARIABLES["redis_server_password"], socket_timeout=1,
@@ -640,8 +641,8 @@ class DurableWriter(SentinelWriter):
     """A Sentinel-aware writer that notes when each write was acknowledged, and whether a replica
     acknowledged it too (WAIT 1) when asked to."""
 
-    def __init__(self, addresses, prefix, wait=False):
-        super().__init__(addresses)
+    def __init__(self, addresses, prefix, wait=False, sentinels=None):
+        super().__init__(addresses, sentinels)
         self.prefix, self.wait, self.acked = prefix, wait, []
 
     def run(self):
@@ -972,6 +973,23 @@ ROTATED = {
     "redis_sentinel_auth_password": "rotated-sentinel-acl-password-0123456789abcdefgh",
     "redis_sentinel_password": "rotated-sentinel-client-password-0123456789abcdefgh",
 }
+
+
+@contextlib.contextmanager
+def working_passwords(hosts):
+    """The rotation test below leaves every user on its rotated password: the helpers (cli, sentinel, info) read
+    the passwords from VARIABLES, so the modules that run after it get the ones that work, and the old ones back
+    after. Yields the passwords that differ from the inventory's ({} when none): playbooks need them as extra vars."""
+    saved = dict(VARIABLES)
+    host = hosts[REDIS_HOSTS[0]]
+    rotated = ROTATED["redis_server_admin_password"]
+    if cli(host, "PING") != "PONG" and cli(host, "PING", password=rotated) == "PONG":
+        VARIABLES.update(ROTATED)
+    try:
+        yield {name: value for name, value in VARIABLES.items() if saved.get(name) != value}
+    finally:
+        VARIABLES.clear()
+        VARIABLES.update(saved)
 
 
 class HealthWatch:

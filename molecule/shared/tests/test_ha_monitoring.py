@@ -51,16 +51,8 @@ REPLICATION_SERIES = ("redis_master_link_up", "redis_connected_slave_lag_seconds
 
 @pytest.fixture(scope="module", autouse=True)
 def passwords(hosts):
-    """test_ha.py's rotation test leaves every user on its rotated password: its helpers (cli, sentinel, info)
-    read the passwords from ha.VARIABLES, so they get the ones that work now, and the old ones back after."""
-    saved = dict(ha.VARIABLES)
-    host = hosts[ha.REDIS_HOSTS[0]]
-    rotated = ha.ROTATED["redis_server_admin_password"]
-    if ha.cli(host, "PING") != "PONG" and ha.cli(host, "PING", password=rotated) == "PONG":
-        ha.VARIABLES.update(ha.ROTATED)
-    yield
-    ha.VARIABLES.clear()
-    ha.VARIABLES.update(saved)
+    with ha.working_passwords(hosts):
+        yield
 
 
 @pytest.fixture(scope="module")
