@@ -73,7 +73,6 @@ def redis_sentinel_forgotten(sentinels_reply, replicas_reply, sentinels, replica
     return wrong
 
 
-
 def redis_sentinel_choosable(replicas_reply, addresses):
     """From SENTINEL REPLICAS <name>: the replicas at one of addresses ("ip:port" list) that this Sentinel could
     still promote (not down, not disconnected, replica-priority above 0)."""
@@ -83,9 +82,24 @@ def redis_sentinel_choosable(replicas_reply, addresses):
             and str(entry.get("slave-priority", "1")) != "0"]
 
 
+def redis_sentinel_no_choice(registered, addresses):
+    """From the registered loop of SENTINEL REPLICAS over the instances (item: the instance, with its port): the
+    instance names for which the Sentinel did not answer or could promote none of addresses (plain IPs)."""
+    names = []
+    for result in (registered or {}).get("results", []):
+        item = result.get("item") or {}
+        responses = result.get("responses")
+        port = item.get("port", 6379)
+        if result.get("failed") or not responses or not redis_sentinel_choosable(
+                responses[0], [f"{address}:{port}" for address in addresses or []]):
+            names.append(item.get("name"))
+    return names
+
+
 class FilterModule:
     def filters(self):
         return {"redis_sentinel_changes": redis_sentinel_changes, "redis_sentinel_summary": redis_sentinel_summary,
                 "redis_sentinel_forgotten": redis_sentinel_forgotten,
                 "redis_sentinel_choosable": redis_sentinel_choosable,
+                "redis_sentinel_no_choice": redis_sentinel_no_choice,
                 "redis_sentinel_peers_heard": redis_sentinel_peers_heard}

@@ -182,13 +182,13 @@ def redis_replace_reports(info_results, host, retiring, address, topology):
     for result in (info_results or {}).get("results", []):
         name = result["item"]["name"]
         responses = result.get("responses") or [""]
-        reports.append({"host": f"{host} {name}", "retiring": bool(retiring),
+        reports.append({"host": f"{host} {name}", "instance": name, "retiring": bool(retiring),
                         "primary": str(((topology or {}).get(name) or {}).get("address", "")) == str(address),
                         "info": responses[0] if isinstance(responses[0], str) else ""})
     return reports
 
 
-def redis_replace_decision(reports, engines):
+def redis_replace_decision(reports, engines, staying_hosts=(), instances=()):
     """Whether playbooks/replace.yml may move a replication group onto the hosts that stay. reports: one per
     host, {host, retiring (bool), primary (bool: runs a current primary), info (INFO server, '' when the
     host did not answer)}. Every host that stays must answer, all of them must run one engine and version (any
@@ -197,6 +197,19 @@ def redis_replace_decision(reports, engines):
     builds: {host: 'engine version (RDB n)'}}. engines: the engines' table, each with its rdb_formats."""
     formats = {name: (spec or {}).get("rdb_formats") or {} for name, spec in (engines or {}).items()}
     errors, builds = [], {}
+    # Every host that stays must have reported (an unreachable one, or one a --limit left out, has no report),
+    # and each instance must have its current primary among the reports, with an answer: else the checks
+    # below would judge without the evidence that matters.
+    reported = {str(report["host"]).split(" ", maxsplit=1)[0] for report in reports or []}
+    silent = [host for host in staying_hosts or [] if host not in reported]
+    if silent:
+        errors.append(f"{', '.join(silent)} gave no report (unreachable, or left out by --limit): every host of "
+                      "the group must be in the run.")
+    for name in instances or []:
+        primaries = [r for r in reports or [] if r.get("instance") == name and r.get("primary") and r.get("info")]
+        if len(primaries) != 1:
+            errors.append(f"Instance {name}: {len(primaries)} reachable hosts run its current primary, so the move "
+                          "cannot be judged; every host of the group must be in the run, its primary answering.")
     staying = [report for report in reports or [] if not report.get("retiring")]
     if not staying:
         errors.append("Every host of the redis group is in redis_retiring: at least one host must stay and take "
@@ -219,8 +232,9 @@ def redis_replace_decision(reports, engines):
                       + "): each of them can become the primary, so each must read what the others write. "
                       "Give them one engine and version.")
     staying_formats = [read[r["host"]][2] for r in staying if r["host"] in read]
+    # Only a primary that leaves hands its data to another version; one that stays runs the staying version.
     for report in reports or []:
-        if not report.get("primary") or report["host"] not in read:
+        if not report.get("primary") or not report.get("retiring") or report["host"] not in read:
             continue
         engine, version, number = read[report["host"]]
         if number is None or any(theirs is None for theirs in staying_formats):

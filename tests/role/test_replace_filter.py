@@ -75,6 +75,30 @@ def test_an_unknown_format_of_the_primary_is_refused_naming_the_table():
     assert len(errors) == 1 and "rdb_formats" in errors[0] and "old-1" in errors[0]
 
 
+def test_a_host_that_stays_without_a_report_or_an_instance_without_its_primary_is_refused():
+    """An unreachable host, or one a --limit left out, has no report at all: the decision must not judge
+    without it."""
+    reports = _reports(REDIS_70, [REDIS_80])
+    for report in reports:
+        report["instance"] = "main"
+    assert redis_replace_decision(reports, ENGINES, ["new-1"], ["main"])["errors"] == []
+    errors = redis_replace_decision(reports, ENGINES, ["new-1", "new-2"], ["main"])["errors"]
+    assert errors == ["new-2 gave no report (unreachable, or left out by --limit): every host of the group must be "
+                      "in the run."]
+    without_primary = [report for report in reports if not report["primary"]]
+    errors = redis_replace_decision(without_primary, ENGINES, ["new-1"], ["main"])["errors"]
+    assert len(errors) == 1 and "0 reachable hosts run its current primary" in errors[0]
+
+
+def test_a_primary_that_stays_is_not_judged_by_the_table():
+    """After the move (a re-run), the primary runs the staying version, which the table need not list."""
+    newer = REDIS_80.replace("8.0.2", "8.2.1")
+    reports = [{"host": "old-1", "retiring": True, "primary": False, "info": ""},
+               {"host": "new-1", "retiring": False, "primary": True, "info": newer},
+               {"host": "new-2", "retiring": False, "primary": False, "info": newer}]
+    assert redis_replace_decision(reports, ENGINES)["errors"] == []
+
+
 def test_nothing_left_to_take_over_is_refused():
     reports = [{"host": "old-1", "retiring": True, "primary": True, "info": REDIS_70}]
     assert "at least one host must stay" in redis_replace_decision(reports, ENGINES)["errors"][0]

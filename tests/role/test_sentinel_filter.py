@@ -20,6 +20,7 @@ from redis_sentinel import (  # noqa: E402
     redis_sentinel_changes,
     redis_sentinel_choosable,
     redis_sentinel_forgotten,
+    redis_sentinel_no_choice,
     redis_sentinel_peers_heard,
     redis_sentinel_summary,
 )
@@ -185,3 +186,10 @@ def test_choosable_leaves_out_replicas_down_disconnected_or_of_priority_0():
     every = [f"10.0.0.{n}:6379" for n in range(2, 7)]
     assert redis_sentinel_choosable(replies, every) == ["10.0.0.5:6379"]
     assert redis_sentinel_choosable(replies, ["10.0.0.2:6379", "10.0.0.3:6379"]) == []
+
+
+def test_no_choice_names_the_instances_a_sentinel_cannot_move_to_a_host_that_stays():
+    up = {"item": {"name": "main", "port": 6379}, "responses": [[_replica("10.0.0.5")]]}
+    only_old = {"item": {"name": "cache", "port": 6380}, "responses": [[_replica("10.0.0.2")]]}
+    silent = {"item": {"name": "jobs", "port": 6381}, "failed": True, "msg": "connection refused"}
+    assert redis_sentinel_no_choice({"results": [up, only_old, silent]}, ["10.0.0.5"]) == ["cache", "jobs"]

@@ -164,3 +164,4 @@ def test_ha_replace_moves_the_group_to_debian_13_hosts_under_load(hosts, address
     with ha.ApplicationWriter(ha.APP_HOSTS[0], ha.APP_ENV_FILE) as after:
         time.sleep(3)
     assert (after.result or {}).get("acknowledged", 0) > 10 and not (after.result or {}).get("errors"), after.result
+
