@@ -90,6 +90,9 @@ _MEMORY_DIRECTIVES = {"maxmemory", "repl-backlog-size", "auto-aof-rewrite-min-si
                       "proto-max-bulk-len", "active-defrag-ignore-bytes"}
 # The TLS files an instance reads; a renewed certificate is loaded by setting them again, together.
 _TLS_FILES = ("tls-cert-file", "tls-key-file", "tls-ca-cert-file")
+# Turning TLS on or off moves the instance's port number between `port` and `tls-port`: a running instance takes
+# that live, in one CONFIG SET (its connections, replication links included, stay open).
+_TLS_SWITCH = {"port", "tls-port"}
 # Never read back or compared: secrets (masterauth has its own file and task).
 _NOT_COMPARED = {"masterauth", "requirepass"}
 
@@ -129,6 +132,18 @@ def _acl_lines(text):
         if len(args) >= 2 and args[0] == "user":
             users[args[1]] = args[2:]
     return users
+
+
+def _tls_switch(changes, port):
+    """The [directive, value] pairs, in the order one CONFIG SET must apply them, that move a running instance's
+    port number from plaintext to TLS (port 0 first, then tls-port: the number is free again in between) or back
+    (tls-port 0, tls-replication no, then port); None when changes are not such a switch."""
+    port = str(port)
+    if changes.get("port") == "0" and changes.get("tls-port") == port:
+        return [["port", "0"], ["tls-port", port]]
+    if "tls-port" in changes and changes["tls-port"] is None and changes.get("port") == port:
+        return [["tls-port", "0"], ["tls-replication", "no"], ["port", port]]
+    return None
 
 
 def redis_acl_changes(applied_text, desired_text):
@@ -202,6 +217,13 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
                 changes = redis_conf_changes(text(at("before", i)), desired)
             dropin_changed = bool(at("dropin", i).get("changed"))
         static = sorted(key for key, value in changes.items() if value is None or key not in runtime_directives)
+        # TLS turned on or off takes no restart when nothing else static changed (a cluster's tls-cluster does).
+        # (Turning it off removes the tls-* lines: the live values stay, unused once tls-port is 0.)
+        switch = _tls_switch(changes, instance.get("port", 6379))
+        if switch:
+            others = [key for key in static
+                      if key not in _TLS_SWITCH and not (key.startswith("tls-") and key in runtime_directives)]
+            static, switch = (others, switch) if not others else (static, None)
         restart = running and (dropin_changed or not had_conf or bool(static))
         live = running and not restart
         # What the running instance would take live, computed also when it restarts: a restart that
@@ -236,7 +258,20 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
         if reload_tls:
             # One command for the three: the server loads them together or keeps what it has.
             runtime = {key: value for key, value in runtime.items() if key not in _TLS_FILES}
+        if switch and running:
+            # One command: the TLS settings (and files) first, then the port numbers in switch's order.
+            tls_pairs = {key: value for key, value in runtime.items() if key.startswith("tls-")}
+            if reload_tls:
+                tls_pairs.update(zip(_TLS_FILES, results["tls_files"], strict=True))
+            if switch[0][0] == "tls-port":
+                tls_pairs = {}
+            runtime = {key: value for key, value in runtime.items() if not key.startswith("tls-")}
+            switch_command = ["CONFIG", "SET", *[part for pair in sorted(tls_pairs.items()) for part in pair],
+                              *[part for pair in switch for part in pair]]
         runtime_now = [["CONFIG", "SET", key, value] for key, value in sorted(runtime.items())] if running else []
+        if switch and running:
+            runtime_now.append(switch_command)
+            reload_tls = False
         if reload_tls:
             runtime_now.append(["CONFIG", "SET", *[part for pair in zip(_TLS_FILES, results["tls_files"], strict=True)
                                                    for part in pair]])
@@ -245,9 +280,11 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
         acl_users = [command[2] for command in acl_now if len(command) > 2]
         why = static or (["unit drop-in"] if dropin_changed else ["first configuration"])
         summary = "; ".join(part for part in (
-            ("CONFIG SET " + ", ".join(command[2] for command in runtime_commands if command[2] not in _TLS_FILES))
-            if any(command[2] not in _TLS_FILES for command in runtime_commands) else "",
+            ("CONFIG SET " + ", ".join(command[2] for command in runtime_commands
+                                       if len(command) == 4 and command[2] not in _TLS_FILES))
+            if any(len(command) == 4 and command[2] not in _TLS_FILES for command in runtime_commands) else "",
             "new TLS certificate, taken live" if reload_tls and live else "",
+            ("TLS turned " + ("off" if switch[0][0] == "tls-port" else "on") + " live") if switch and live else "",
             ("ACL users " + ", ".join(acl_users)) if acl_users and (live or not restart) else "",
             ("restart (" + ", ".join(why) + ")") if restart else "",
             "start" if not running else "") if part)

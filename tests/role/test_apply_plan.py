@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,73 @@ def test_a_user_made_by_hand_is_removed_and_the_known_ones_stay():
     assert step["acl"] == [["ACL", "DELUSER", "intruder"]] and "ACL users intruder" in step["summary"]
     quiet = plan(desired, state(desired), [["maxmemory", "2147483648"]], users=["admin", "default"])
     assert (quiet["acl"], quiet["summary"], quiet["state_current"]) == ([], "", True)
+
+
+def _tls_plan(desired, applied, client, port):
+    """The plan for one running instance from what it took (applied) to desired, with CONFIG GET of the runtime
+    directives as the role reads them."""
+    names = [name for name in RUNTIME_DIRECTIVES if name.startswith("tls-")] + RUNTIME
+    live = client.execute_command("CONFIG", "GET", *names)
+    flat = [part for pair in live.items() for part in pair]
+    results = {
+        "services": {"redis-server@main.service": {"state": "running"}}, "before": [b64(desired)],
+        "after": [b64(desired)], "desired": [desired], "conf": [{"changed": False}],
+        "dropin": [{"changed": False, "checksum": "sum1"}], "dropin_now": [], "acl": [{"changed": False}],
+        "acl_desired": [None], "state": [b64(json.dumps(state(applied)))], "live": [{"responses": [flat]}],
+        "tls": None, "tls_files": TLS_FILES,
+    }
+    instance = [dict(INSTANCE[0], port=port)]
+    return redis_server_plan(instance, results, sorted(set(RUNTIME_DIRECTIVES) | set(RUNTIME)), "/c/{name}.toml")[0]
+
+
+def test_tls_turned_on_and_off_live_keeps_the_replication_link_and_the_run_id(redis_factory, tls_files):
+    """A running primary and replica, plaintext: the plan turns TLS on without a restart, in one CONFIG SET each
+    (replica first, then primary, as hosts of a run may go); the link stays up with no new full sync, each
+    serves TLS only on its port number, and a link that breaks comes back over TLS. Then off again."""
+    primary = redis_factory("repl-diskless-sync-delay 0\n")
+    replica = redis_factory(f"replicaof 127.0.0.1 {primary.port}\n")
+    plain = {server.port: redis.Redis(port=server.port, socket_timeout=5, decode_responses=True)
+             for server in (primary, replica)}
+    for _ in range(100):
+        if plain[replica.port].info("replication")["master_link_status"] == "up":
+            break
+        time.sleep(0.1)
+    ids = {port: client.info("server")["run_id"] for port, client in plain.items()}
+    plain[primary.port].set("before", "1")
+    config = {server.port: f"bind 127.0.0.1\nport {server.port}\n" for server in (primary, replica)}
+    tls_config = {port: f"bind 127.0.0.1\n{tls_files.server_config(port)}" for port in config}
+    kwargs = {"ssl": True, "ssl_ca_certs": str(tls_files.ca_file), "ssl_certfile": str(tls_files.cert_file),
+              "ssl_keyfile": str(tls_files.key_file), "socket_timeout": 5, "decode_responses": True}
+    for server in (replica, primary):
+        step = _tls_plan(tls_config[server.port], config[server.port], plain[server.port], server.port)
+        assert not step["restart"] and "TLS turned on live" in step["summary"], step
+        for command in step["runtime"]:
+            assert plain[server.port].execute_command(*command) in (b"OK", "OK", True)
+    secure = {port: redis.Redis(port=port, **kwargs) for port in config}
+    with pytest.raises(redis.exceptions.ConnectionError):
+        redis.Redis(port=primary.port, socket_timeout=2).ping()
+    assert secure[primary.port].info("stats")["sync_full"] == 1
+    assert secure[replica.port].info("replication")["master_link_status"] == "up"
+    secure[primary.port].client_kill_filter(_type="replica")
+    for _ in range(100):
+        if secure[replica.port].info("replication")["master_link_status"] == "up":
+            break
+        time.sleep(0.1)
+    assert secure[replica.port].info("replication")["master_link_status"] == "up"
+    assert secure[primary.port].info("stats")["sync_partial_ok"] == 1
+    secure[primary.port].set("during", "1")
+    for server in (replica, primary):
+        step = _tls_plan(config[server.port], tls_config[server.port], secure[server.port], server.port)
+        assert not step["restart"] and "TLS turned off live" in step["summary"], step
+        for command in step["runtime"]:
+            assert secure[server.port].execute_command(*command) in (b"OK", "OK", True)
+    plain = {port: redis.Redis(port=port, socket_timeout=5, decode_responses=True) for port in config}
+    plain[primary.port].client_kill_filter(_type="replica")
+    for _ in range(100):
+        if plain[replica.port].info("replication")["master_link_status"] == "up":
+            break
+        time.sleep(0.1)
+    assert plain[replica.port].info("replication")["master_link_status"] == "up"
+    assert plain[primary.port].info("stats")["sync_full"] == 1
+    assert plain[replica.port].mget("before", "during") == ["1", "1"]
+    assert {port: client.info("server")["run_id"] for port, client in plain.items()} == ids

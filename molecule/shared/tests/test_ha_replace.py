@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import time
 
@@ -165,3 +166,61 @@ def test_ha_replace_moves_the_group_to_debian_13_hosts_under_load(hosts, address
         time.sleep(3)
     assert (after.result or {}).get("acknowledged", 0) > 10 and not (after.result or {}).get("errors"), after.result
 
+
+def _local(host, *args):
+    """The engine's CLI on the instance's unix socket, as admin: works whether TCP speaks TLS or not."""
+    socket = host.check_output("awk '$1 == \"unixsocket\" {print $2}' /etc/redis/redis-main.conf")
+    command = f"redis-cli --no-auth-warning -s {socket} --user admin " + " ".join(shlex.quote(str(a)) for a in args)
+    return host.check_output(f"REDISCLI_AUTH={shlex.quote(ha.VARIABLES['redis_server_admin_password'])} {command}")
+
+
+def _state(host):
+    server, replication, stats = (_local(host, "INFO", section) for section in ("server", "replication", "stats"))
+    fields = dict(line.split(":", 1) for text in (server, replication, stats)
+                  for line in text.splitlines() if ":" in line)
+    return {key: fields.get(key, "").strip() for key in ("run_id", "role", "master_link_status", "sync_full")}
+
+
+def test_ha_tls_turned_off_and_on_again_live_on_the_new_hosts(passwords, tmp_path):
+    """After the move, on the two Debian 13 hosts (Redis 8.0): site.yml with TLS off, then with TLS on again, takes
+    each switch live. No instance restarts (its run_id stays), the replication link stays up with no new full
+    sync, data written between is on the replica, the port speaks only the new way, and the Sentinels (which
+    restart for it, one at a time) see their quorum."""
+    final = _inventory(tmp_path, "final")
+    new = {name: testinfra.get_host(f"ansible://{name}?ansible_inventory={final}") for name in NEW_HOSTS}
+    extra = []
+    if passwords:
+        secrets = tmp_path / "passwords.yml"
+        secrets.write_text(yaml.safe_dump(passwords))
+        secrets.chmod(0o600)
+        extra = ["-e", f"@{secrets}"]
+    before = {name: _state(host) for name, host in new.items()}
+    primary = next(name for name, state in before.items() if state["role"] == "master")
+    replica = next(name for name in new if name != primary)
+    for step, tls in enumerate(("false", "true")):
+        # (The checkers' own certificate is the servers': without TLS they serve plain HTTP.)
+        result, said = _run(final, "site.yml", extra, "-e", f"redis_server_tls={tls}",
+                            "-e", f"redis_health_tls_server_certificate={tls}")
+        assert result.returncode == 0, said[-4000:]
+        assert f"TLS turned {'off' if tls == 'false' else 'on'} live" in " ".join(said.split()), said[-3000:]
+        _local(new[primary], "SET", f"verify:tls-switch:{step}", "1")
+        for _ in ha.deadline(30):
+            after = {name: _state(host) for name, host in new.items()}
+            copied = _local(new[replica], "GET", f"verify:tls-switch:{step}") == "1"
+            if after[replica]["master_link_status"] == "up" and copied:
+                break
+        assert {name: state["run_id"] for name, state in after.items()} == {n: s["run_id"] for n, s in before.items()}
+        assert after[primary]["sync_full"] == before[primary]["sync_full"], (before, after)
+        ports = _local(new[primary], "CONFIG", "GET", "port").splitlines()[-1], _local(
+            new[primary], "CONFIG", "GET", "tls-port").splitlines()[-1]
+        assert ports == (("6379", "0") if tls == "false" else ("0", "6379")), ports
+        address = new[replica].check_output("hostname -i").split()[0]
+        plain = new[replica].run(f"redis-cli --no-auth-warning -h {address} -p 6379 PING")
+        assert ("NOAUTH" in plain.stdout + plain.stderr or "PONG" in plain.stdout) == (tls == "false"), plain.stdout
+        sentinel_tls = "" if tls == "false" else " --tls --cacert /etc/redis-infra/tls/ca.crt"
+        for host in new.values():
+            quorum = host.run(f"REDISCLI_AUTH={shlex.quote(ha.VARIABLES['redis_sentinel_password'])} redis-cli "
+                              f"--no-auth-warning{sentinel_tls} -p {ha.SENTINEL_PORT} SENTINEL CKQUORUM {ha.NAME}")
+            assert quorum.stdout.startswith("OK"), quorum.stdout + quorum.stderr
+    again, said = _run(final, "site.yml", extra)
+    assert again.returncode == 0 and set(_changed(said).values()) == {"0"}, _changed(said)
