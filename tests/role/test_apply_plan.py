@@ -235,6 +235,23 @@ def _tls_plan(desired, applied, client, port):
     return redis_server_plan(instance, results, sorted(set(RUNTIME_DIRECTIVES) | set(RUNTIME)), "/c/{name}.toml")[0]
 
 
+def _linked(replica):
+    for _ in range(100):
+        if replica.info("replication")["master_link_status"] == "up":
+            break
+        time.sleep(0.1)
+    assert replica.info("replication")["master_link_status"] == "up"
+
+
+def _switch(desired, applied, clients, servers, way):
+    """Each server takes the plan from applied to desired, with the commands the role would send."""
+    for server in servers:
+        step = _tls_plan(desired[server.port], applied[server.port], clients[server.port], server.port)
+        assert not step["restart"] and f"TLS turned {way} live" in step["summary"], step
+        for command in step["runtime"]:
+            assert clients[server.port].execute_command(*command) in ("OK", True)
+
+
 def test_tls_turned_on_and_off_live_keeps_the_replication_link_and_the_run_id(redis_factory, tls_files):
     """A running primary and replica, plaintext: the plan turns TLS on without a restart, in one CONFIG SET each
     (replica first, then primary, as hosts of a run may go); the link stays up with no new full sync, each
@@ -243,46 +260,27 @@ def test_tls_turned_on_and_off_live_keeps_the_replication_link_and_the_run_id(re
     replica = redis_factory(f"replicaof 127.0.0.1 {primary.port}\n")
     plain = {server.port: redis.Redis(port=server.port, socket_timeout=5, decode_responses=True)
              for server in (primary, replica)}
-    for _ in range(100):
-        if plain[replica.port].info("replication")["master_link_status"] == "up":
-            break
-        time.sleep(0.1)
+    _linked(plain[replica.port])
     ids = {port: client.info("server")["run_id"] for port, client in plain.items()}
     plain[primary.port].set("before", "1")
     config = {server.port: f"bind 127.0.0.1\nport {server.port}\n" for server in (primary, replica)}
     tls_config = {port: f"bind 127.0.0.1\n{tls_files.server_config(port)}" for port in config}
     kwargs = {"ssl": True, "ssl_ca_certs": str(tls_files.ca_file), "ssl_certfile": str(tls_files.cert_file),
               "ssl_keyfile": str(tls_files.key_file), "socket_timeout": 5, "decode_responses": True}
-    for server in (replica, primary):
-        step = _tls_plan(tls_config[server.port], config[server.port], plain[server.port], server.port)
-        assert not step["restart"] and "TLS turned on live" in step["summary"], step
-        for command in step["runtime"]:
-            assert plain[server.port].execute_command(*command) in (b"OK", "OK", True)
+    _switch(tls_config, config, plain, (replica, primary), "on")
     secure = {port: redis.Redis(port=port, **kwargs) for port in config}
     with pytest.raises(redis.exceptions.ConnectionError):
         redis.Redis(port=primary.port, socket_timeout=2).ping()
     assert secure[primary.port].info("stats")["sync_full"] == 1
     assert secure[replica.port].info("replication")["master_link_status"] == "up"
     secure[primary.port].client_kill_filter(_type="replica")
-    for _ in range(100):
-        if secure[replica.port].info("replication")["master_link_status"] == "up":
-            break
-        time.sleep(0.1)
-    assert secure[replica.port].info("replication")["master_link_status"] == "up"
+    _linked(secure[replica.port])
     assert secure[primary.port].info("stats")["sync_partial_ok"] == 1
     secure[primary.port].set("during", "1")
-    for server in (replica, primary):
-        step = _tls_plan(config[server.port], tls_config[server.port], secure[server.port], server.port)
-        assert not step["restart"] and "TLS turned off live" in step["summary"], step
-        for command in step["runtime"]:
-            assert secure[server.port].execute_command(*command) in (b"OK", "OK", True)
+    _switch(config, tls_config, secure, (replica, primary), "off")
     plain = {port: redis.Redis(port=port, socket_timeout=5, decode_responses=True) for port in config}
     plain[primary.port].client_kill_filter(_type="replica")
-    for _ in range(100):
-        if plain[replica.port].info("replication")["master_link_status"] == "up":
-            break
-        time.sleep(0.1)
-    assert plain[replica.port].info("replication")["master_link_status"] == "up"
+    _linked(plain[replica.port])
     assert plain[primary.port].info("stats")["sync_full"] == 1
     assert plain[replica.port].mget("before", "during") == ["1", "1"]
     assert {port: client.info("server")["run_id"] for port, client in plain.items()} == ids

@@ -74,6 +74,16 @@ def _run(inventory, playbook, extra, *args):
     return result, result.stdout + result.stderr
 
 
+def _extra_vars(passwords, directory):
+    """The passwords that work now (test_ha.py's rotation may have changed them) as playbook extra vars."""
+    if not passwords:
+        return []
+    secrets = directory / "passwords.yml"
+    secrets.write_text(yaml.safe_dump(passwords))
+    secrets.chmod(0o600)
+    return ["-e", f"@{secrets}"]
+
+
 def _changed(output):
     return dict(re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", output, re.MULTILINE))
 
@@ -84,12 +94,7 @@ def test_ha_replace_moves_the_group_to_debian_13_hosts_under_load(hosts, address
     no write a replica acknowledged is lost, the application's REDIS_URL works through the move unchanged, one
     primary remains and the Sentinels that stay know only each other; a re-run changes nothing; site.yml and
     app_settings.yml on the inventory without the old hosts converge."""
-    extra = []
-    if passwords:
-        secrets = tmp_path / "passwords.yml"
-        secrets.write_text(yaml.safe_dump(passwords))
-        secrets.chmod(0o600)
-        extra = ["-e", f"@{secrets}"]
+    extra = _extra_vars(passwords, tmp_path)
     join = _inventory(tmp_path, "join")
     new = {name: testinfra.get_host(f"ansible://{name}?ansible_inventory={join}") for name in NEW_HOSTS}
     old_primary = ha.current_primary(hosts)
@@ -188,12 +193,7 @@ def test_ha_tls_turned_off_and_on_again_live_on_the_new_hosts(passwords, tmp_pat
     restart for it, one at a time) see their quorum."""
     final = _inventory(tmp_path, "final")
     new = {name: testinfra.get_host(f"ansible://{name}?ansible_inventory={final}") for name in NEW_HOSTS}
-    extra = []
-    if passwords:
-        secrets = tmp_path / "passwords.yml"
-        secrets.write_text(yaml.safe_dump(passwords))
-        secrets.chmod(0o600)
-        extra = ["-e", f"@{secrets}"]
+    extra = _extra_vars(passwords, tmp_path)
     before = {name: _state(host) for name, host in new.items()}
     primary = next(name for name, state in before.items() if state["role"] == "master")
     replica = next(name for name in new if name != primary)
