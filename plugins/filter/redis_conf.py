@@ -134,15 +134,32 @@ def _acl_lines(text):
     return users
 
 
-def _tls_switch(changes, port):
+def _ports(text):
+    """(port, tls-port) as a config text sets them; tls-port "0" when absent (the server's default)."""
+    parsed = redis_conf_parse(text or "")
+    return (" ".join(parsed["port"][-1]) if "port" in parsed else "6379",
+            " ".join(parsed["tls-port"][-1]) if "tls-port" in parsed else "0")
+
+
+def _live_ports(live_replies):
+    """(port, tls-port) from the instance's CONFIG GET reply (the role asks for both), None when not read."""
+    values = {}
+    for reply in (live_replies or {}).get("responses") or []:
+        if isinstance(reply, list) and len(reply) % 2 == 0:
+            values.update({str(reply[i]).lower(): str(reply[i + 1]) for i in range(0, len(reply), 2)})
+        break
+    return (values["port"], values.get("tls-port", "0")) if "port" in values else None
+
+
+def _tls_switch(current, desired):
     """The [directive, value] pairs, in the order one CONFIG SET must apply them, that move a running instance's
     port number from plaintext to TLS (port 0 first, then tls-port: the number is free again in between) or back
-    (tls-port 0, tls-replication no, then port); None when changes are not such a switch."""
-    port = str(port)
-    if changes.get("port") == "0" and changes.get("tls-port") == port:
-        return [["port", "0"], ["tls-port", port]]
-    if "tls-port" in changes and changes["tls-port"] is None and changes.get("port") == port:
-        return [["tls-port", "0"], ["tls-replication", "no"], ["port", port]]
+    (tls-port 0, tls-replication no, then port); None when (port, tls-port) current to desired is not such a
+    move of one port number."""
+    if current[1] == "0" and desired[0] == "0" and current[0] == desired[1] != "0":
+        return [["port", "0"], ["tls-port", desired[1]]]
+    if current[0] == "0" and desired[1] == "0" and current[1] == desired[0] != "0":
+        return [["tls-port", "0"], ["tls-replication", "no"], ["port", desired[0]]]
     return None
 
 
@@ -216,22 +233,35 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
             if at("conf", i).get("changed"):
                 changes = redis_conf_changes(text(at("before", i)), desired)
             dropin_changed = bool(at("dropin", i).get("changed"))
+        live_replies = (results.get("live") or [None] * len(instances))[i]
+        answered = isinstance(live_replies, dict) and not live_replies.get("failed") and live_replies.get("responses")
+        # The ports: what the running instance serves decides (a switch applied by a run cut off before it
+        # recorded it, then reverted in the inventory, shows only there), else what it last took.
+        current = (_live_ports(live_replies) if running and answered else None) or (
+            _ports(state.get("conf", "")) if state is not None else None)
+        switch = None
+        if current is not None:
+            changes = {key: value for key, value in changes.items() if key not in _TLS_SWITCH}
+            wanted = _ports(desired)
+            if current != wanted:
+                if current[0] != wanted[0]:
+                    changes["port"] = wanted[0]
+                if current[1] != wanted[1]:
+                    changes["tls-port"] = None if wanted[1] == "0" else wanted[1]
+                # TLS turned on or off for the same port number is taken live, in one CONFIG SET, also ahead of
+                # a restart that other changes need (so that a rolled replica comes back as its primary speaks).
+                switch = _tls_switch(current, wanted) if running else None
         static = sorted(key for key, value in changes.items() if value is None or key not in runtime_directives)
-        # TLS turned on or off takes no restart when nothing else static changed (a cluster's tls-cluster does).
-        # (Turning it off removes the tls-* lines: the live values stay, unused once tls-port is 0.)
-        switch = _tls_switch(changes, instance.get("port", 6379))
         if switch:
-            others = [key for key in static
+            # (Turning TLS off removes the tls-* lines: their live values stay, unused once tls-port is 0.)
+            static = [key for key in static
                       if key not in _TLS_SWITCH and not (key.startswith("tls-") and key in runtime_directives)]
-            static, switch = (others, switch) if not others else (static, None)
         restart = running and (dropin_changed or not had_conf or bool(static))
         live = running and not restart
         # What the running instance would take live, computed also when it restarts: a restart that
         # waits for the rolling plays (tasks/service.yml) applies these first, so that new passwords
         # work at once and the connection files the role writes next are right.
         runtime = {key: value for key, value in changes.items() if value is not None and key in runtime_directives}
-        live_replies = (results.get("live") or [None] * len(instances))[i]
-        answered = isinstance(live_replies, dict) and not live_replies.get("failed") and live_replies.get("responses")
         # The replies: CONFIG GET, then (when asked) ACL USERS, the users the instance has now.
         drift = redis_conf_drift(desired, live_replies["responses"][:1], runtime_directives) if answered else None
         live_users = (live_replies["responses"][1] if answered and len(live_replies["responses"]) > 1
@@ -284,7 +314,7 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
                                        if len(command) == 4 and command[2] not in _TLS_FILES))
             if any(len(command) == 4 and command[2] not in _TLS_FILES for command in runtime_commands) else "",
             "new TLS certificate, taken live" if reload_tls and live else "",
-            ("TLS turned " + ("off" if switch[0][0] == "tls-port" else "on") + " live") if switch and live else "",
+            ("TLS turned " + ("off" if switch[0][0] == "tls-port" else "on") + " live") if switch and running else "",
             ("ACL users " + ", ".join(acl_users)) if acl_users and (live or not restart) else "",
             ("restart (" + ", ".join(why) + ")") if restart else "",
             "start" if not running else "") if part)

@@ -31,7 +31,7 @@ TLS_FILES = ["/etc/redis-infra/tls/server.crt", "/etc/redis-infra/tls/server.key
 
 
 def plan(desired, state=None, live=None, before=None, conf_changed=False, dropin="sum1", acl=ACL, running=True,
-         dropin_now=None, tls=None, users=None):
+         dropin_now=None, tls=None, users=None, runtime=RUNTIME):
     results = {
         "services": {"redis-server@main.service": {"state": "running" if running else "stopped"}},
         "before": [b64(before) if before is not None else {}],
@@ -49,7 +49,7 @@ def plan(desired, state=None, live=None, before=None, conf_changed=False, dropin
         "tls": tls,
         "tls_files": TLS_FILES,
     }
-    return redis_server_plan(INSTANCE, results, RUNTIME, "/c/{name}.toml")[0]
+    return redis_server_plan(INSTANCE, results, runtime, "/c/{name}.toml")[0]
 
 
 def state(conf, dropin="sum1", acl=ACL):
@@ -284,3 +284,57 @@ def test_tls_turned_on_and_off_live_keeps_the_replication_link_and_the_run_id(re
     assert plain[primary.port].info("stats")["sync_full"] == 1
     assert plain[replica.port].mget("before", "during") == ["1", "1"]
     assert {port: client.info("server")["run_id"] for port, client in plain.items()} == ids
+
+
+PLAIN = "port 6379\nmaxmemory 2gb\n"
+WITH_TLS = ("port 0\ntls-port 6379\ntls-cert-file /etc/redis-infra/tls/server.crt\n"
+            "tls-key-file /etc/redis-infra/tls/server.key\ntls-ca-cert-file /etc/redis-infra/tls/ca.crt\n"
+            "tls-replication yes\nmaxmemory 2gb\n")
+LIVE_PLAIN = [["port", "6379"], ["tls-port", "0"], ["maxmemory", "2147483648"], ["tls-replication", "no"],
+              ["tls-cert-file", ""], ["tls-key-file", ""], ["tls-ca-cert-file", ""]]
+
+
+ALL = sorted(set(RUNTIME_DIRECTIVES) | set(RUNTIME))
+
+
+def _switch_commands(step):
+    return [command for command in step["runtime"] + step["live_first"] if "tls-port" in command]
+
+
+def test_tls_on_is_one_config_set_with_the_files_first_and_needs_no_restart():
+    """As the role plans it on a host where TLS is new: the files (a new TLS checksum) go in the same command,
+    before the ports."""
+    step = plan(WITH_TLS, state(PLAIN), LIVE_PLAIN, tls="sum1", runtime=ALL)
+    assert not step["restart"] and "TLS turned on live" in step["summary"]
+    [command] = _switch_commands(step)
+    pairs = dict(zip(command[2::2], command[3::2], strict=True))
+    assert pairs["tls-cert-file"] == TLS_FILES[0] and pairs["tls-replication"] == "yes"
+    assert command[-4:] == ["port", "0", "tls-port", "6379"]
+    assert not any(c[2:3] == ["tls-cert-file"] for c in step["runtime"] if c is not command), "files loaded twice"
+
+
+def test_tls_with_another_static_change_switches_live_first_then_restarts():
+    """A rolled replica must come back speaking as its primary does: the switch goes ahead of the restart."""
+    step = plan(WITH_TLS.replace("maxmemory 2gb", "maxmemory 2gb\nio-threads 2"), state(PLAIN), LIVE_PLAIN, runtime=ALL)
+    assert step["restart"] and step["why"] == ["io-threads"], step["why"]
+    assert [command[-4:] for command in _switch_commands(step)] == [["port", "0", "tls-port", "6379"]]
+    assert step["runtime"] == []
+
+
+def test_the_ports_the_instance_serves_decide_a_switch_cut_off_then_reverted_is_undone():
+    """A run switched TLS on and was cut off before it recorded it; the inventory went back to plaintext: the
+    file and the state agree, but the instance serves TLS, so it is switched back, live."""
+    live_tls = [["port", "0"], ["tls-port", "6379"], ["maxmemory", "2147483648"], ["tls-replication", "yes"]]
+    step = plan(PLAIN, state(PLAIN), live_tls, runtime=ALL)
+    assert not step["restart"] and "TLS turned off live" in step["summary"]
+    assert _switch_commands(step)[0][2:] == ["tls-port", "0", "tls-replication", "no", "port", "6379"]
+    # Already switched (cut off after the CONFIG SET, the inventory unchanged): nothing to do for the ports.
+    done = plan(WITH_TLS, state(PLAIN), live_tls + [["tls-cert-file", TLS_FILES[0]], ["tls-key-file", TLS_FILES[1]],
+                                                     ["tls-ca-cert-file", TLS_FILES[2]]], runtime=ALL)
+    assert not done["restart"] and _switch_commands(done) == [] and "TLS turned" not in done["summary"]
+
+
+def test_a_new_port_number_with_tls_restarts():
+    """Only the same port number moves live: a replica that stays connected keeps announcing its old port."""
+    step = plan(WITH_TLS.replace("tls-port 6379", "tls-port 6380"), state(PLAIN), LIVE_PLAIN, runtime=ALL)
+    assert step["restart"] and step["why"] == ["port", "tls-port"] and _switch_commands(step) == []

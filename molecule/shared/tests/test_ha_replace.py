@@ -209,6 +209,7 @@ def test_ha_tls_turned_off_and_on_again_live_on_the_new_hosts(passwords, tmp_pat
             copied = _local(new[replica], "GET", f"verify:tls-switch:{step}") == "1"
             if after[replica]["master_link_status"] == "up" and copied:
                 break
+        assert after[replica]["master_link_status"] == "up" and copied, (tls, after)
         assert {name: state["run_id"] for name, state in after.items()} == {n: s["run_id"] for n, s in before.items()}
         assert after[primary]["sync_full"] == before[primary]["sync_full"], (before, after)
         ports = _local(new[primary], "CONFIG", "GET", "port").splitlines()[-1], _local(
