@@ -1,5 +1,6 @@
 """Upgrade by replacement (playbooks/replace.yml, docs/upgrade.md) on the Sentinel group (molecule/ha), last of
-its tests because the Debian 12 hosts leave: two Debian 13 hosts (Redis 8.0) join the group of three Debian 12
+its tests because the Debian 12 hosts leave (the file's name sorts after every other module of the scenario, whose
+tests need them): two Debian 13 hosts (Redis 8.0) join the group of three Debian 12
 hosts (Redis 7.0) as replicas with site.yml, take it over by a failover, and the old hosts leave, under a writer
 through Sentinel and the application's writer through its proxied REDIS_URL. Run on whatever primary and
 passwords test_ha.py left, after its verify.yml test (which gives the application host redis-py, for its writer)."""
