@@ -288,7 +288,7 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
         if reload_tls:
             # One command for the three: the server loads them together or keeps what it has.
             runtime = {key: value for key, value in runtime.items() if key not in _TLS_FILES}
-        if switch and running:
+        if switch:
             # One command: the TLS settings (and files) first, then the port numbers in switch's order.
             tls_pairs = {key: value for key, value in runtime.items() if key.startswith("tls-")}
             if reload_tls:
@@ -299,7 +299,7 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
             switch_command = ["CONFIG", "SET", *[part for pair in sorted(tls_pairs.items()) for part in pair],
                               *[part for pair in switch for part in pair]]
         runtime_now = [["CONFIG", "SET", key, value] for key, value in sorted(runtime.items())] if running else []
-        if switch and running:
+        if switch:
             runtime_now.append(switch_command)
             reload_tls = False
         if reload_tls:
@@ -314,7 +314,7 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
                                        if len(command) == 4 and command[2] not in _TLS_FILES))
             if any(len(command) == 4 and command[2] not in _TLS_FILES for command in runtime_commands) else "",
             "new TLS certificate, taken live" if reload_tls and live else "",
-            ("TLS turned " + ("off" if switch[0][0] == "tls-port" else "on") + " live") if switch and running else "",
+            ("TLS turned " + ("off" if switch[0][0] == "tls-port" else "on") + " live") if switch else "",
             ("ACL users " + ", ".join(acl_users)) if acl_users and (live or not restart) else "",
             ("restart (" + ", ".join(why) + ")") if restart else "",
             "start" if not running else "") if part)
