@@ -326,6 +326,8 @@ def redis_server_plan(instances, results, runtime_directives, connection_file):
             "unit": instance["unit"],
             "log_file": instance["log_file"],
             "running": running,
+            # It answered the runtime read (CONFIG GET, ACL USERS) with its admin connection file.
+            "answered": bool(answered),
             "restart": restart,
             "why": why,
             "runtime": runtime_commands,
