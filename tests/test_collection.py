@@ -75,8 +75,8 @@ def test_the_module_and_every_role_are_documented_under_their_fully_qualified_na
     result = _run(installed, _tool("ansible-doc"), "--json", "redis_infra.redis.redis_command")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)["redis_infra.redis.redis_command"]
-    assert set(doc["doc"]["options"]) == {"connection_file", "commands", "expect", "wait", "changed"}
-    assert doc["examples"].strip() and "responses" in doc["return"]
+    assert set(doc["doc"]["options"]) == {"connection_file", "commands", "expect", "wait", "changed", "queries"}
+    assert doc["examples"].strip() and {"responses", "answers"} <= set(doc["return"])
 
     result = _run(installed, _tool("ansible-doc"), "-t", "role", "--json", "-l", "redis_infra.redis")
     assert result.returncode == 0, result.stderr
@@ -114,6 +114,36 @@ def test_the_installed_module_runs_commands_on_a_real_server(installed, redis_fa
     assert result.returncode == 0, result.stdout + result.stderr
     outcome = json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
     assert outcome["responses"] == ["OK", "v"]
+    assert "installed-collection-secret" not in result.stdout
+
+
+def test_the_installed_module_answers_several_queries_in_one_execution_each_on_its_own(installed, redis_factory, tmp_path):
+    """queries (tasks/topology_ask.yml): each node answers, or fails, on its own; the task itself does not fail
+    and no password shows."""
+    server = redis_factory("requirepass installed-collection-secret\n")
+    good, refused = tmp_path / "main-admin.toml", tmp_path / "down-admin.toml"
+    good.write_text(f'name = "main"\nhost = "127.0.0.1"\nport = {server.port}\n'
+                    'username = "default"\npassword = "installed-collection-secret"\n')
+    refused.write_text('name = "down"\nhost = "127.0.0.1"\nport = 1\nusername = "default"\npassword = "x"\n')
+    for path in (good, refused):
+        path.chmod(0o600)
+    args = json.dumps({"queries": [
+        {"connection_file": str(good), "commands": [["ROLE"]]},
+        {"connection_file": str(tmp_path / "missing.toml"), "commands": [["ROLE"]]},
+        {"connection_file": str(refused), "commands": [["ROLE"]]},
+        {"connection_file": str(good), "commands": [["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "main"]]},
+    ]})
+    installed = dict(installed, env=dict(installed["env"], ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+                                         ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json"))
+    result = _run(installed, _tool("ansible"), "localhost", "-c", "local", "-i", "localhost,",
+                  "-e", f"ansible_python_interpreter={sys.executable}", "-m", "redis_infra.redis.redis_command",
+                  "-a", args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    answers = json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["answers"]
+    assert answers[0]["responses"][0][0] == "master" and not answers[0].get("failed")
+    assert answers[1]["failed"] and "cannot read connection file" in answers[1]["msg"]
+    assert answers[2]["failed"] and "does not answer PING" in answers[2]["msg"]
+    assert answers[3]["failed"] and "SENTINEL GET-MASTER-ADDR-BY-NAME main failed" in answers[3]["msg"]
     assert "installed-collection-secret" not in result.stdout
 
 

@@ -240,6 +240,47 @@ def redis_server_follows(role_reply, replicaof):
     return str(role_reply[1]) == address and int(role_reply[2]) == int(port)
 
 
+def redis_server_roles_of(role_results, host):
+    """{instance name: ROLE reply} of one host's instances that answered, from the ROLE evidence."""
+    return {name: reply for asked, name, reply in _results(role_results) if asked == str(host) and reply is not None}
+
+
+def redis_server_topology_queries(host, role_hosts, sentinel_hosts, instances, admin_user, sentinel_file):
+    """The queries one execution on a host makes for tasks/topology_ask.yml (redis_command's queries): ROLE
+    of each instance when the host is one of the topology's Redis hosts, then the primary its Sentinel names
+    for each instance when it is a Sentinel host."""
+    queries = []
+    if host in role_hosts:
+        queries += [{"connection_file": instance["connection_files"][admin_user], "commands": [["ROLE"]]}
+                    for instance in instances]
+    if host in sentinel_hosts:
+        queries += [{"connection_file": sentinel_file, "commands": [["SENTINEL", "GET-MASTER-ADDR-BY-NAME", instance["name"]]]}
+                    for instance in instances]
+    return queries
+
+
+def redis_server_topology_replies(asked, role_hosts, sentinel_hosts, instances):
+    """{'role': ..., 'sentinel': ...} from the registered loop of tasks/topology_ask.yml (one item per host,
+    each with the answers of redis_server_topology_queries), each shaped as a loop over [host, instance]
+    pairs registers ({'results': [{'item', 'responses'} or {'item', 'failed', 'msg'}]}), which the
+    topology's filters read. A host that was unreachable or whose execution failed fails all its pairs."""
+    by_host = {str(result.get("item")): result for result in (asked or {}).get("results", [])}
+    replies = {"role": {"results": []}, "sentinel": {"results": []}}
+    for host in dict.fromkeys(list(role_hosts) + list(sentinel_hosts)):
+        result = by_host.get(str(host)) or {"failed": True, "msg": "not asked"}
+        pairs = ([("role", instance) for instance in instances] if host in role_hosts else []) + \
+                ([("sentinel", instance) for instance in instances] if host in sentinel_hosts else [])
+        found = result.get("answers") or []
+        whole = result.get("unreachable") or result.get("failed") or result.get("skipped") or len(found) != len(pairs)
+        for index, (kind, instance) in enumerate(pairs):
+            entry = {"failed": True, "msg": result.get("msg") or "no answer"} if whole else dict(found[index])
+            entry["item"] = [host, instance]
+            if result.get("unreachable"):
+                entry["unreachable"] = True
+            replies[kind]["results"].append(entry)
+    return replies
+
+
 def redis_server_sentinel_address(host_vars):
     """The address other hosts reach a Sentinel host's Sentinel at: its first non-loopback
     redis_sentinel_bind entry when set, else the host's default IPv4 address (the redis_sentinel role
@@ -267,5 +308,8 @@ class FilterModule:
             "redis_server_replicaof": redis_server_replicaof,
             "redis_server_unaddressed": redis_server_unaddressed,
             "redis_server_follows": redis_server_follows,
+            "redis_server_roles_of": redis_server_roles_of,
+            "redis_server_topology_queries": redis_server_topology_queries,
+            "redis_server_topology_replies": redis_server_topology_replies,
             "redis_server_sentinel_address": redis_server_sentinel_address,
         }

@@ -107,15 +107,26 @@ class Connection:
         return self.read()
 
 
-def read_settings(module):
-    """The parsed connection file of the module's option connection_file; fails the module, naming the file,
-    when it cannot be read."""
-    path = module.params["connection_file"]
+class SettingsError(Exception):
+    """A connection file that cannot be read or parsed; the message names it."""
+
+
+def load_settings(path):
+    """The parsed connection file at path."""
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        module.fail_json(msg=f"cannot read connection file {path}: {exc}")
+        raise SettingsError(f"cannot read connection file {path}: {exc}") from exc
+
+
+def read_settings(module):
+    """The parsed connection file of the module's option connection_file; fails the module, naming the file,
+    when it cannot be read."""
+    try:
+        return load_settings(module.params["connection_file"])
+    except SettingsError as exc:
+        module.fail_json(msg=str(exc))
         raise  # not reached: fail_json exits
 
 

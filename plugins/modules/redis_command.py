@@ -26,9 +26,8 @@ description:
   - Waits, when asked, for an instance that is starting or still loading its data set.
 options:
   connection_file:
-    description: Path of the connection file on the host.
+    description: Path of the connection file on the host (required unless O(queries) is given).
     type: path
-    required: true
   commands:
     description: Commands to run, in order, each a list of arguments.
     type: list
@@ -47,6 +46,25 @@ options:
     description: Whether running the commands counts as a change.
     type: bool
     default: false
+  queries:
+    description:
+      - Instead of O(connection_file) and O(commands), several read-only queries in one execution, each to the
+        node of its own connection file (the instances and the Sentinel of a host, say).
+      - Each query answers on its own in RV(answers). A node that cannot be reached or answers an error
+        fails its query, not the task. O(expect) and O(changed) do not apply; O(wait) applies to each node.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      connection_file:
+        description: Path of the connection file on the host.
+        type: path
+        required: true
+      commands:
+        description: Commands to run, in order, each a list of arguments.
+        type: list
+        elements: list
+        required: true
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -92,6 +110,12 @@ responses:
   type: list
   elements: raw
   sample: [["master", 1234, []], "OK"]
+answers:
+  description: With O(queries), one entry per query, in order, with its RV(responses), or V(failed) and V(msg).
+  returned: when O(queries) is given
+  type: list
+  elements: dict
+  sample: [{"responses": [["slave", "10.0.0.1", 6379, "connected", 1234]]}, {"failed": true, "msg": "..."}]
 """
 
 import ssl
@@ -100,29 +124,25 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.redis_infra.redis.plugins.module_utils.resp import (
     RedisReplyError,
+    SettingsError,
     TLSFilesError,
     connect,
+    load_settings,
     read_settings,
 )
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec={
-            "connection_file": {"type": "path", "required": True},
-            "commands": {"type": "list", "elements": "list", "default": []},
-            "expect": {"type": "str"},
-            "wait": {"type": "int", "default": 0},
-            "changed": {"type": "bool", "default": False},
-        },
-        supports_check_mode=True,
-    )
-    params = module.params
-    settings = read_settings(module)
-    if module.check_mode:
-        module.exit_json(changed=params["changed"] and bool(params["commands"]), responses=[])
+class CommandError(Exception):
+    """A node that does not answer, or a command's error reply or unexpected reply (the message says which)."""
 
-    deadline = time.monotonic() + params["wait"]
+    def __init__(self, msg, responses=()):
+        super().__init__(msg)
+        self.responses = list(responses)
+
+
+def answer(settings, commands, expect=None, wait=0):
+    """The node's replies to the commands, after a PING, retried for up to `wait` seconds while it starts."""
+    deadline = time.monotonic() + wait
     while True:
         try:
             conn = connect(settings, timeout=10)
@@ -139,21 +159,66 @@ def main():
             else:  # waiting does not change a certificate or the files that verify it
                 retryable = not isinstance(exc, ssl.SSLCertVerificationError | TLSFilesError)
             if not retryable or time.monotonic() >= deadline:
-                module.fail_json(msg=f"instance {settings.get('name', '?')} does not answer PING: {last_error}")
+                raise CommandError(f"instance {settings.get('name', '?')} does not answer PING: {last_error}") from exc
             time.sleep(0.5)
 
     responses = []
     try:
-        for command in params["commands"]:
+        for command in commands:
             reply = conn.call(*command)
             responses.append(reply)
-            if params["expect"] is not None and reply != params["expect"]:
+            if expect is not None and reply != expect:
                 shown = " ".join(map(str, command[:3]))
-                module.fail_json(msg=f"{shown} returned {reply!r}, expected {params['expect']!r}", responses=responses)
+                raise CommandError(f"{shown} returned {reply!r}, expected {expect!r}", responses)
     except RedisReplyError as exc:
-        module.fail_json(msg=f"{' '.join(map(str, command[:3]))} failed: {exc}", responses=responses)
+        raise CommandError(f"{' '.join(map(str, command[:3]))} failed: {exc}", responses) from exc
     finally:
         conn.close()
+    return responses
+
+
+def answers(queries, wait):
+    """One entry per query: its replies, or why it failed (a file that cannot be read, a node that does not answer)."""
+    result = []
+    for query in queries:
+        try:
+            result.append({"responses": answer(load_settings(query["connection_file"]), query["commands"], wait=wait)})
+        except SettingsError as exc:
+            result.append({"failed": True, "msg": str(exc)})
+        except CommandError as exc:
+            result.append({"failed": True, "msg": str(exc), "responses": exc.responses})
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "connection_file": {"type": "path"},
+            "commands": {"type": "list", "elements": "list", "default": []},
+            "expect": {"type": "str"},
+            "wait": {"type": "int", "default": 0},
+            "changed": {"type": "bool", "default": False},
+            "queries": {"type": "list", "elements": "dict", "default": [], "options": {
+                "connection_file": {"type": "path", "required": True},
+                "commands": {"type": "list", "elements": "list", "required": True},
+            }},
+        },
+        required_one_of=[("connection_file", "queries")],
+        mutually_exclusive=[("connection_file", "queries")],
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params["queries"]:
+        if module.check_mode:
+            module.exit_json(changed=False, answers=[])
+        module.exit_json(changed=False, answers=answers(params["queries"], params["wait"]))
+    settings = read_settings(module)
+    if module.check_mode:
+        module.exit_json(changed=params["changed"] and bool(params["commands"]), responses=[])
+    try:
+        responses = answer(settings, params["commands"], params["expect"], params["wait"])
+    except CommandError as exc:
+        module.fail_json(msg=str(exc), responses=exc.responses)
     module.exit_json(changed=params["changed"] and bool(params["commands"]), responses=responses)
 
 

@@ -16,9 +16,12 @@ from redis_topology import (  # noqa: E402
     redis_server_in_sync,
     redis_server_not_in_sync,
     redis_server_replicaof,
+    redis_server_roles_of,
     redis_server_sentinel_address,
     redis_server_topology,
     redis_server_topology_conflicts,
+    redis_server_topology_queries,
+    redis_server_topology_replies,
 )
 
 INSTANCES = [{"name": "main", "port": 6379}]
@@ -233,3 +236,52 @@ def test_caught_up_counts_replicas_that_acknowledged_the_whole_offset():
     assert redis_server_caught_up(["master", 0, []]) == 0
     assert redis_server_caught_up(["slave", "10.0.0.1", 6379, "connected", 5]) == 0
     assert redis_server_caught_up(None) == 0
+
+
+TWO = [{"name": "main", "port": 6379, "connection_files": {"admin": "/c/main-admin.toml"}},
+       {"name": "cache", "port": 6380, "connection_files": {"admin": "/c/cache-admin.toml"}}]
+
+
+def test_one_execution_per_host_asks_its_instances_and_its_sentinel():
+    """A Redis host with a Sentinel: ROLE of each instance, then its Sentinel's answer for each; a Sentinel-only
+    host asks only its Sentinel, a Redis host without one only its instances."""
+    queries = redis_server_topology_queries("a", ["a", "b"], ["a", "s"], TWO, "admin", "/c/sentinel.toml")
+    assert queries == [
+        {"connection_file": "/c/main-admin.toml", "commands": [["ROLE"]]},
+        {"connection_file": "/c/cache-admin.toml", "commands": [["ROLE"]]},
+        {"connection_file": "/c/sentinel.toml", "commands": [["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "main"]]},
+        {"connection_file": "/c/sentinel.toml", "commands": [["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "cache"]]},
+    ]
+    assert [q["connection_file"] for q in redis_server_topology_queries("s", ["a", "b"], ["a", "s"], TWO, "admin", "/x")] == ["/x", "/x"]
+    assert len(redis_server_topology_queries("b", ["a", "b"], ["a", "s"], TWO, "admin", "/x")) == 2
+
+
+def test_the_answers_per_host_become_the_evidence_per_host_and_instance():
+    """Each answer lands on its [host, instance] pair; a failed query fails its pair only; an unreachable host,
+    a failed execution or a host with a missing or short list of answers fails all its pairs. The resolver
+    decides from the shaped replies as it did from a loop per pair."""
+    role_hosts, sentinel_hosts = ["a", "b", "c"], ["a", "b", "s"]
+    asked = {"results": [
+        {"item": "a", "answers": [{"responses": [master(100, "b")]}, {"responses": [master(50)]},
+                                  {"responses": [["10.0.0.1", "6379"]]}, {"responses": [["10.0.0.1", "6380"]]}]},
+        {"item": "b", "answers": [{"responses": [replica("a")]}, {"failed": True, "msg": "LOADING"},
+                                  {"responses": [["10.0.0.1", "6379"]]}, {"responses": [["10.0.0.1", "6380"]]}]},
+        {"item": "c", "unreachable": True, "msg": "Failed to connect"},
+        {"item": "s", "answers": [{"responses": [["10.0.0.1", "6379"]]}]},
+    ]}
+    replies = redis_server_topology_replies(asked, role_hosts, sentinel_hosts, TWO)
+    role = replies["role"]["results"]
+    assert [(r["item"][0], r["item"][1]["name"]) for r in role] == [
+        ("a", "main"), ("a", "cache"), ("b", "main"), ("b", "cache"), ("c", "main"), ("c", "cache")]
+    assert role[0]["responses"] == [master(100, "b")] and not role[0].get("failed")
+    assert role[3]["failed"] and not role[2].get("failed")
+    assert role[4]["failed"] and role[4]["unreachable"] and role[5]["unreachable"]
+    sentinel = replies["sentinel"]["results"]
+    assert [(r["item"][0], r["item"][1]["name"]) for r in sentinel] == [
+        ("a", "main"), ("a", "cache"), ("b", "main"), ("b", "cache"), ("s", "main"), ("s", "cache")]
+    # s answered one query of two: its answers are not trusted at all.
+    assert sentinel[4]["failed"] and sentinel[5]["failed"]
+    assert redis_server_roles_of(replies["role"], "b") == {"main": replica("a")}
+    assert redis_server_roles_of(replies["role"], "c") == {}
+    # A host the loop did not reach (skipped, or left out) fails its pairs too.
+    assert all(r["failed"] for r in redis_server_topology_replies({"results": []}, ["a"], [], TWO)["role"]["results"])
