@@ -117,7 +117,8 @@ def test_the_installed_module_runs_commands_on_a_real_server(installed, redis_fa
     assert "installed-collection-secret" not in result.stdout
 
 
-def test_the_installed_module_answers_several_queries_in_one_execution_each_on_its_own(installed, redis_factory, tmp_path):
+def test_the_installed_module_answers_several_queries_in_one_execution_each_on_its_own(installed, redis_factory,
+                                                                                        tmp_path):
     """queries (tasks/topology_ask.yml): each node answers, or fails, on its own; the task itself does not fail
     and no password shows."""
     server = redis_factory("requirepass installed-collection-secret\n")

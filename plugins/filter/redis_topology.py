@@ -254,7 +254,8 @@ def redis_server_topology_queries(host, role_hosts, sentinel_hosts, instances, a
         queries += [{"connection_file": instance["connection_files"][admin_user], "commands": [["ROLE"]]}
                     for instance in instances]
     if host in sentinel_hosts:
-        queries += [{"connection_file": sentinel_file, "commands": [["SENTINEL", "GET-MASTER-ADDR-BY-NAME", instance["name"]]]}
+        queries += [{"connection_file": sentinel_file,
+                     "commands": [["SENTINEL", "GET-MASTER-ADDR-BY-NAME", instance["name"]]]}
                     for instance in instances]
     return queries
 
