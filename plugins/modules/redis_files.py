@@ -72,6 +72,13 @@ options:
           without secrets).
         type: bool
         default: false
+      validate:
+        description:
+          - A command that checks the new content before it replaces the file, as C(ansible.builtin.template)'s
+            C(validate) does. C(%s) stands for the path of the new content (a temporary file beside the
+            file, so relative paths in it resolve as in the file). The command runs without a shell. When it
+            fails the file stays as it was and the task fails with the command's output. Not run in check mode.
+        type: str
   lines:
     description:
       - Settings lines to keep in files that another program also writes (Sentinel rewrites its config file),
@@ -109,6 +116,13 @@ options:
       - Debian packages whose installed version is returned in RV(packages), read with one C(dpkg-query), so that a
         role runs C(ansible.builtin.apt) (about 1.5 s even when nothing is missing) only for packages that are not
         installed.
+    type: list
+    elements: str
+    default: []
+  users:
+    description:
+      - Users whose account is returned in RV(users) (read from the host's user database), so that a role runs
+        C(ansible.builtin.user) only for an account that is missing or differs.
     type: list
     elements: str
     default: []
@@ -203,6 +217,11 @@ missing_packages:
   returned: always
   type: list
   elements: str
+users:
+  description:
+    - One entry per O(users) name, its account (C(uid), C(gid), C(home), C(shell)), or V(null) when there is none.
+  returned: always
+  type: dict
 changed_paths:
   description: The paths that changed (or would change in check mode).
   returned: always
@@ -216,7 +235,9 @@ import grp
 import hashlib
 import os
 import pwd
+import shlex
 import stat
+import subprocess
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
@@ -254,8 +275,21 @@ def _read(path):
         return None
 
 
-def _write(path, data, uid, gid, mode):
-    """Atomically replace path with data, owned uid:gid with mode, flushed before the rename."""
+def _validate(command, temporary):
+    """Run a validate command on the new content; ValueError with its output when it fails."""
+    argv = [part.replace("%s", temporary) for part in shlex.split(command)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise ValueError(f"the check `{command}` could not run: {error}") from None
+    if done.returncode != 0:
+        output = (done.stderr.strip() or done.stdout.strip()).replace(temporary, "<new content>")
+        raise ValueError(f"the new content fails `{command}` (exit {done.returncode}), the file is unchanged: {output}")
+
+
+def _write(path, data, uid, gid, mode, validate=None):
+    """Atomically replace path with data, owned uid:gid with mode, flushed before the rename (and checked with the
+    validate command first, when there is one)."""
     directory = os.path.dirname(path)
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
     try:
@@ -265,6 +299,8 @@ def _write(path, data, uid, gid, mode):
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if validate:
+            _validate(validate, temporary)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
@@ -334,7 +370,7 @@ def apply(entry, check_mode):
             if not check_mode:
                 if not os.path.isdir(os.path.dirname(path)):
                     raise ValueError(f"the directory of {path} does not exist (list it before)")
-                _write(path, wanted, uid, gid, mode)
+                _write(path, wanted, uid, gid, mode, entry.get("validate"))
             return result, diff
         result["checksum"] = hashlib.sha1(old, usedforsecurity=False).hexdigest()
     # The entry exists with the right content: owner, group and mode.
@@ -452,6 +488,18 @@ def unit_states(module, units: list[str]) -> dict:
         module.fail_json(msg=str(error))
 
 
+def user_accounts(names: list[str]) -> dict:
+    accounts = {}
+    for name in names:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            accounts[name] = None
+            continue
+        accounts[name] = {"uid": entry.pw_uid, "gid": entry.pw_gid, "home": entry.pw_dir, "shell": entry.pw_shell}
+    return accounts
+
+
 def main():
     module = FilesModule(
         argument_spec={
@@ -468,6 +516,7 @@ def main():
                 "create": {"type": "bool", "default": False},
                 "diff": {"type": "bool", "default": True},
                 "before": {"type": "bool", "default": False},
+                "validate": {"type": "str"},
             }},
             "lines": {"type": "list", "elements": "dict", "default": [], "options": {
                 "path": {"type": "path", "required": True},
@@ -476,6 +525,7 @@ def main():
             "read": {"type": "list", "elements": "path", "default": []},
             "units": {"type": "list", "elements": "str", "default": []},
             "packages": {"type": "list", "elements": "str", "default": []},
+            "users": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -512,7 +562,7 @@ def main():
     output = {"changed": bool(changed_paths), "files": results, "lines": lines, "read": read,
               "units": unit_states(module, module.params["units"]),
               "packages": packages, "missing_packages": [name for name, version in packages.items() if not version],
-              "changed_paths": changed_paths}
+              "users": user_accounts(module.params["users"]), "changed_paths": changed_paths}
     if module._diff and diffs:
         output["diff"] = diffs
     module.exit_json(**output)

@@ -258,3 +258,28 @@ def test_packages_are_read_with_one_dpkg_query_and_an_unknown_one_is_not_an_erro
     assert result["packages"]["redis-infra-no-such-package"] is None
     assert result["missing_packages"] == ["redis-infra-no-such-package"]
     assert result["changed"] is False
+
+
+def test_a_new_content_that_fails_its_check_leaves_the_file_as_it_was(tmp_path):
+    """validate runs on the new content beside the file; a failure keeps the old file and leaves no temporary
+    file; a content that passes replaces it; check mode runs no check."""
+    config = tmp_path / "app.yml"
+    config.write_text("good: 1\n")
+    config.chmod(0o644)
+    script = "import sys; sys.exit('bad content' if 'bad' in open(sys.argv[1]).read() else 0)"
+    check = f'{sys.executable} -c "{script}" %s'
+    bad = [{"path": str(config), "mode": "0644", "content": "bad: 2\n", "validate": check}]
+    result, output = run(bad)
+    assert result.get("failed") and "bad content" in result["msg"] and "unchanged" in result["msg"], output
+    assert config.read_text() == "good: 1\n" and sorted(p.name for p in tmp_path.iterdir()) == ["app.yml"]
+    result, output = run(bad, (), "--check")
+    assert not result.get("failed") and result["changed"], output
+    result, output = run([dict(bad[0], content="good: 2\n")])
+    assert not result.get("failed") and result["changed"] and config.read_text() == "good: 2\n", output
+
+
+def test_users_are_read_and_a_missing_one_is_not_an_error():
+    result, output = module({"users": ["root", "redis-infra-no-such-user"]})
+    assert not result.get("failed"), output
+    assert result["users"]["root"] == {"uid": 0, "gid": 0, "home": "/root", "shell": result["users"]["root"]["shell"]}
+    assert result["users"]["redis-infra-no-such-user"] is None and result["changed"] is False
