@@ -1,10 +1,14 @@
 """Filters around the redis_files module: the entries of many groups of files in one list, and each
-group's results back by name; and which of the controller's own files are missing or have another mode."""
+group's results back by name; which of the controller's own files are missing or have another mode; and a
+Python package packed as the zip the hosts run it from."""
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import stat
+import zipfile
 
 from ansible.errors import AnsibleFilterError
 
@@ -68,10 +72,35 @@ def redis_local_paths_to_fix(wanted):
     return found
 
 
+def redis_python_package_zip(source):
+    """A Python package (the directory `source`, its .py files) as a zip archive whose bytes depend only on the
+    sources (fixed timestamps and order; no compiled files or caches), in base64, the form redis_files takes
+    binary content in. Packed in the controller's own process, so that a run starts no command for it; the
+    same sources give the same bytes, so that the copy on the hosts changes only when a source does."""
+    source = os.path.abspath(str(source))
+    if not os.path.isdir(source):
+        raise AnsibleFilterError(f"redis_python_package_zip: {source} is not a directory")
+    parent = os.path.dirname(source)
+    files = []
+    for root, dirs, names in os.walk(source):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        files += [os.path.join(root, name) for name in names if name.endswith(".py")]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(files):
+            info = zipfile.ZipInfo(os.path.relpath(path, parent), date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with open(path, "rb") as handle:
+                archive.writestr(info, handle.read())
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 class FilterModule:
     def filters(self):
         return {
             "redis_files_entries": redis_files_entries,
             "redis_files_results": redis_files_results,
             "redis_local_paths_to_fix": redis_local_paths_to_fix,
+            "redis_python_package_zip": redis_python_package_zip,
         }

@@ -283,3 +283,21 @@ def test_users_are_read_and_a_missing_one_is_not_an_error():
     assert not result.get("failed"), output
     assert result["users"]["root"] == {"uid": 0, "gid": 0, "home": "/root", "shell": result["users"]["root"]["shell"]}
     assert result["users"]["redis-infra-no-such-user"] is None and result["changed"] is False
+
+
+def test_the_tools_package_is_packed_the_same_from_the_same_sources(tmp_path):
+    """redis_python_package_zip: the same bytes on every run (so the hosts' copy changes only with a source), .py
+    files only, and a module that imports from the archive."""
+    sys.path.insert(0, str(ROOT / "plugins/filter"))
+    from redis_files import redis_python_package_zip
+
+    first, second = redis_python_package_zip(ROOT / "redis_infra"), redis_python_package_zip(ROOT / "redis_infra")
+    assert first == second
+    archive = tmp_path / "redis_infra.zip"
+    archive.write_bytes(base64.b64decode(first))
+    import zipfile
+    names = zipfile.ZipFile(archive).namelist()
+    assert names == sorted(names) and all(name.endswith(".py") for name in names) and "redis_infra/__init__.py" in names
+    done = subprocess.run([sys.executable, "-c", "import redis_infra.connection"], env={"PYTHONPATH": str(archive)},
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
