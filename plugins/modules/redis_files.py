@@ -121,11 +121,26 @@ options:
     default: []
   users:
     description:
-      - Users whose account is returned in RV(users) (read from the host's user database), so that a role runs
-        C(ansible.builtin.user) only for an account that is missing or differs.
+      - System users (and their groups of the same name) made before O(files), so that files can be theirs in the
+        same execution.
+      - A missing one is created with C(useradd --system --no-create-home); an existing one gets its home and shell
+        corrected with C(usermod). Its home directory is not created.
     type: list
-    elements: str
+    elements: dict
     default: []
+    suboptions:
+      name:
+        description: The user's name.
+        type: str
+        required: true
+      home:
+        description: Its home directory (not created).
+        type: path
+        default: /nonexistent
+      shell:
+        description: Its shell.
+        type: path
+        default: /usr/sbin/nologin
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -218,10 +233,10 @@ missing_packages:
   type: list
   elements: str
 users:
-  description:
-    - One entry per O(users) name, its account (C(uid), C(gid), C(home), C(shell)), or V(null) when there is none.
+  description: One entry per O(users) entry, C(name), C(changed) and C(created).
   returned: always
-  type: dict
+  type: list
+  elements: dict
 changed_paths:
   description: The paths that changed (or would change in check mode).
   returned: always
@@ -488,16 +503,28 @@ def unit_states(module, units: list[str]) -> dict:
         module.fail_json(msg=str(error))
 
 
-def user_accounts(names: list[str]) -> dict:
-    accounts = {}
-    for name in names:
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            accounts[name] = None
-            continue
-        accounts[name] = {"uid": entry.pw_uid, "gid": entry.pw_gid, "home": entry.pw_dir, "shell": entry.pw_shell}
-    return accounts
+def ensure_user(module, spec) -> tuple[dict, dict | None]:
+    """Create a missing system user, or correct an existing one's home and shell; (result, diff or None)."""
+    name, home, shell = spec["name"], spec["home"], spec["shell"]
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        entry = None
+    if entry is None:
+        command = [module.get_bin_path("useradd", required=True), "--system", "--no-create-home",
+                   "--home-dir", home, "--shell", shell, name]
+    else:
+        changes = ((["--home", home] if entry.pw_dir != home else [])
+                   + (["--shell", shell] if entry.pw_shell != shell else []))
+        if not changes:
+            return {"name": name, "changed": False, "created": False}, None
+        command = [module.get_bin_path("usermod", required=True), *changes, name]
+    if not module.check_mode:
+        rc, out, err = module.run_command(command)
+        if rc != 0:
+            raise ValueError(f"{' '.join(command)} failed: {err.strip() or out.strip()}")
+    verb = "created" if entry is None else "changed"
+    return {"name": name, "changed": True, "created": entry is None}, {"prepared": f"user {name}: {verb}\n"}
 
 
 def main():
@@ -525,17 +552,29 @@ def main():
             "read": {"type": "list", "elements": "path", "default": []},
             "units": {"type": "list", "elements": "str", "default": []},
             "packages": {"type": "list", "elements": "str", "default": []},
-            "users": {"type": "list", "elements": "str", "default": []},
+            "users": {"type": "list", "elements": "dict", "default": [], "options": {
+                "name": {"type": "str", "required": True},
+                "home": {"type": "path", "default": "/nonexistent"},
+                "shell": {"type": "path", "default": "/usr/sbin/nologin"},
+            }},
         },
         supports_check_mode=True,
     )
-    results, diffs = [], []
+    results, diffs, users = [], [], []
+    for spec in module.params["users"]:
+        try:
+            result, diff = ensure_user(module, spec)
+        except ValueError as error:
+            module.fail_json(msg=f"user {spec['name']}: {error}", users=users, changed=bool(users))
+        users.append(result)
+        if diff is not None:
+            diffs.append(diff)
     for entry in module.params["files"]:
         try:
             result, diff = apply(entry, module.check_mode)
         except (ValueError, OSError) as error:
-            module.fail_json(msg=f"{entry['path']}: {error}", files=results,
-                             changed=any(item["changed"] for item in results))
+            module.fail_json(msg=f"{entry['path']}: {error}", files=results, users=users,
+                             changed=any(item["changed"] for item in results + users))
         results.append(result)
         if diff is not None:
             diffs.append(diff)
@@ -544,8 +583,8 @@ def main():
         try:
             result, diff = set_lines(entry, module.check_mode)
         except (ValueError, OSError, UnicodeDecodeError) as error:
-            module.fail_json(msg=f"{entry['path']}: {error}", files=results, lines=lines,
-                             changed=any(item["changed"] for item in results + lines))
+            module.fail_json(msg=f"{entry['path']}: {error}", files=results, lines=lines, users=users,
+                             changed=any(item["changed"] for item in results + lines + users))
         lines.append(result)
         if diff is not None:
             diffs.append(diff)
@@ -559,10 +598,11 @@ def main():
         read.append(found)
     changed_paths = [item["path"] for item in results + lines if item["changed"]]
     packages = package_versions(module, module.params["packages"])
-    output = {"changed": bool(changed_paths), "files": results, "lines": lines, "read": read,
+    users_changed = any(user["changed"] for user in users)
+    output = {"changed": bool(changed_paths) or users_changed, "files": results, "lines": lines, "read": read,
               "units": unit_states(module, module.params["units"]),
               "packages": packages, "missing_packages": [name for name, version in packages.items() if not version],
-              "users": user_accounts(module.params["users"]), "changed_paths": changed_paths}
+              "users": users, "changed_paths": changed_paths}
     if module._diff and diffs:
         output["diff"] = diffs
     module.exit_json(**output)

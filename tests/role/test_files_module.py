@@ -278,11 +278,32 @@ def test_a_new_content_that_fails_its_check_leaves_the_file_as_it_was(tmp_path):
     assert not result.get("failed") and result["changed"] and config.read_text() == "good: 2\n", output
 
 
-def test_users_are_read_and_a_missing_one_is_not_an_error():
-    result, output = module({"users": ["root", "redis-infra-no-such-user"]})
-    assert not result.get("failed"), output
-    assert result["users"]["root"] == {"uid": 0, "gid": 0, "home": "/root", "shell": result["users"]["root"]["shell"]}
-    assert result["users"]["redis-infra-no-such-user"] is None and result["changed"] is False
+def test_a_system_user_is_made_before_the_files_that_are_its_own_and_corrected_after(tmp_path):
+    """users: check mode only says so; a missing user is created (with its group) before the files owned by it, in
+    the same execution; a second run changes nothing; another shell is corrected."""
+    import pwd
+
+    name = "redis-infra-files-test"
+    subprocess.run(["userdel", name], capture_output=True, check=False)
+    try:
+        user = {"name": name, "home": "/var/lib/" + name, "shell": "/usr/sbin/nologin"}
+        files = [{"path": str(tmp_path / "own"), "mode": "0640", "group": name, "content": "x\n"}]
+        result, output = module({"users": [user], "files": files}, "--check")
+        assert not result.get("failed") and result["changed"] and result["users"][0]["created"], output
+        assert subprocess.run(["id", name], capture_output=True, check=False).returncode != 0
+        result, output = module({"users": [user], "files": files})
+        created = [{"name": name, "changed": True, "created": True}]
+        assert not result.get("failed") and result["users"] == created, output
+        account = pwd.getpwnam(name)
+        assert account.pw_uid < 1000 and account.pw_dir == user["home"] and account.pw_shell == user["shell"]
+        assert (tmp_path / "own").stat().st_gid == grp.getgrnam(name).gr_gid
+        assert not os.path.exists(user["home"]), "a system user's home is not created"
+        result, output = module({"users": [user], "files": files})
+        assert not result.get("failed") and result["changed"] is False, output
+        result, output = module({"users": [{**user, "shell": "/bin/false"}]})
+        assert result["changed"] and pwd.getpwnam(name).pw_shell == "/bin/false", output
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, check=False)
 
 
 def test_the_tools_package_is_packed_the_same_from_the_same_sources(tmp_path):
