@@ -133,6 +133,9 @@ def test_the_installed_module_answers_several_queries_in_one_execution_each_on_i
         {"connection_file": str(tmp_path / "missing.toml"), "commands": [["ROLE"]]},
         {"connection_file": str(refused), "commands": [["ROLE"]]},
         {"connection_file": str(good), "commands": [["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "main"]]},
+        # The server drops the connection between two commands: this query fails, the next one answers.
+        {"connection_file": str(good), "commands": [["CLIENT", "KILL", "SKIPME", "no"], ["PING"]]},
+        {"connection_file": str(good), "commands": [["PING"]]},
     ]})
     installed = dict(installed, env=dict(installed["env"], ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
                                          ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json"))
@@ -145,6 +148,8 @@ def test_the_installed_module_answers_several_queries_in_one_execution_each_on_i
     assert answers[1]["failed"] and "cannot read connection file" in answers[1]["msg"]
     assert answers[2]["failed"] and "does not answer PING" in answers[2]["msg"]
     assert answers[3]["failed"] and "SENTINEL GET-MASTER-ADDR-BY-NAME main failed" in answers[3]["msg"]
+    assert answers[4]["failed"] and "PING got no answer" in answers[4]["msg"], answers[4]
+    assert answers[5] == {"responses": ["PONG"]}
     assert "installed-collection-secret" not in result.stdout
 
 

@@ -172,6 +172,8 @@ def answer(settings, commands, expect=None, wait=0):
                 raise CommandError(f"{shown} returned {reply!r}, expected {expect!r}", responses)
     except RedisReplyError as exc:
         raise CommandError(f"{' '.join(map(str, command[:3]))} failed: {exc}", responses) from exc
+    except (OSError, ConnectionError, ValueError) as exc:  # the connection dropped, or a reply it cannot read
+        raise CommandError(f"{' '.join(map(str, command[:3]))} got no answer: {exc}", responses) from exc
     finally:
         conn.close()
     return responses
@@ -187,6 +189,8 @@ def answers(queries, wait):
             result.append({"failed": True, "msg": str(exc)})
         except CommandError as exc:
             result.append({"failed": True, "msg": str(exc), "responses": exc.responses})
+        except Exception as exc:  # noqa: BLE001 - one query's failure never costs the others their answers
+            result.append({"failed": True, "msg": f"{type(exc).__name__}: {exc}"})
     return result
 
 

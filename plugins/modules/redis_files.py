@@ -511,8 +511,13 @@ def ensure_user(module, spec) -> tuple[dict, dict | None]:
     except KeyError:
         entry = None
     if entry is None:
+        try:
+            grp.getgrnam(name)
+            group = ["--gid", name]  # its group is there already (useradd would refuse to make it)
+        except KeyError:
+            group = []
         command = [module.get_bin_path("useradd", required=True), "--system", "--no-create-home",
-                   "--home-dir", home, "--shell", shell, name]
+                   "--home-dir", home, "--shell", shell, *group, name]
     else:
         changes = ((["--home", home] if entry.pw_dir != home else [])
                    + (["--shell", shell] if entry.pw_shell != shell else []))

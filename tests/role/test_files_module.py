@@ -302,8 +302,14 @@ def test_a_system_user_is_made_before_the_files_that_are_its_own_and_corrected_a
         assert not result.get("failed") and result["changed"] is False, output
         result, output = module({"users": [{**user, "shell": "/bin/false"}]})
         assert result["changed"] and pwd.getpwnam(name).pw_shell == "/bin/false", output
+        # A group of its name left behind (a package's, say): the user is made in it.
+        subprocess.run(["userdel", name], capture_output=True, check=False)
+        subprocess.run(["groupadd", "--system", name], capture_output=True, check=True)
+        result, output = module({"users": [user]})
+        assert not result.get("failed") and pwd.getpwnam(name).pw_gid == grp.getgrnam(name).gr_gid, output
     finally:
         subprocess.run(["userdel", name], capture_output=True, check=False)
+        subprocess.run(["groupdel", name], capture_output=True, check=False)
 
 
 def test_the_tools_package_is_packed_the_same_from_the_same_sources(tmp_path):

@@ -40,7 +40,7 @@ def _ca(tmp_path, name="ca"):
     return cert, key
 
 
-def _host(tmp_path, ca, *, cn="redis-1", names=NAMES, days=365, usages=None, key=None):
+def _host(tmp_path, ca, *, cn="redis-1", names=NAMES, days=365, usages=None, key=None, key_usage_critical=True):
     ca_cert, ca_key = ca
     host_key = key or ec.generate_private_key(ec.SECP256R1())
     (tmp_path / "host.key").write_bytes(_pem_key(host_key))
@@ -53,6 +53,10 @@ def _host(tmp_path, ca, *, cn="redis-1", names=NAMES, days=365, usages=None, key
             .add_extension(x509.SubjectAlternativeName(alt), critical=False)
             .add_extension(x509.ExtendedKeyUsage(usages or [ExtendedKeyUsageOID.SERVER_AUTH,
                                                            ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False, decipher_only=False),
+                           critical=key_usage_critical)
             .sign(ca_key, hashes.SHA256()))
     (tmp_path / "host.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert, host_key
@@ -72,6 +76,10 @@ def test_a_certificate_the_role_would_issue_again_is_current(tmp_path):
     end = redis_tls_certificate_end((tmp_path / "host.crt").read_text())
     ends = (NOW + timedelta(days=365)).strftime("%Y%m%d%H%M%SZ")
     assert end == {"serial_number": cert.serial_number, "not_after": ends}
+    # A provided chain with text before the first certificate (bag attributes, non-ASCII).
+    chain = ("Bag Attributes\n    friendlyName: Sérvér\n" + (tmp_path / "host.crt").read_text()
+             + (tmp_path / "ca.crt").read_text())
+    assert redis_tls_certificate_end(chain) == end
 
 
 def test_every_difference_or_doubt_sends_the_run_through_the_issuing_steps(tmp_path):
@@ -89,6 +97,8 @@ def test_every_difference_or_doubt_sends_the_run_through_the_issuing_steps(tmp_p
     assert not current(tmp_path), "another common name"
     _host(tmp_path, ca, usages=[ExtendedKeyUsageOID.SERVER_AUTH])
     assert not current(tmp_path), "not a client certificate"
+    _host(tmp_path, ca, key_usage_critical=False)
+    assert not current(tmp_path), "key usage not critical"
     (tmp_path / "host.crt").write_text("not a certificate\n")
     assert not current(tmp_path), "unreadable"
     (tmp_path / "host.crt").unlink()
