@@ -8,11 +8,13 @@ not. Wall times are reported with a baseline taken in the same run: `ansible -m 
 hosts (one execution each), so the figure reads as a multiple of one round trip on this machine at
 this moment. Run it on a quiet machine: other Molecule scenarios beside it make wall times useless.
 
-    .venv/bin/python scripts/bench-converge.py [--runs 3] [--project DIR] [playbook ...]
+    .venv/bin/python scripts/bench-converge.py [--runs 3] [--project DIR] [--scenario lab] [playbook ...]
 
 Playbooks default to site.yml and playbooks/redis.yml, run from --project (default: this checkout),
 so an older checkout (git worktree) can be measured against the same lab. Each playbook is run once
 first so that the measured runs are no-ops; a measured run that changes something is reported.
+--scenario names another Molecule scenario whose hosts are up (`molecule converge -s production`: one
+production host without replication, and a monitoring host), measured the same way.
 """
 
 from __future__ import annotations
@@ -29,21 +31,23 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HOST_PREFIX = "redis-infra-lab-"
+PREFIXES = {"lab": "redis-infra-lab-", "production": "redis-infra-prod-"}
 
 
-def lab_inventory() -> str:
-    found = sorted(Path.home().glob(".ansible/tmp/molecule.*.lab/inventory"))
+def lab_inventory(scenario: str) -> str:
+    found = sorted(Path.home().glob(f".ansible/tmp/molecule.*.{scenario}/inventory"))
     if not found:
-        sys.exit("bench-converge: no lab inventory under ~/.ansible/tmp: run `make lab` first")
+        sys.exit(f"bench-converge: no {scenario} inventory under ~/.ansible/tmp: "
+                 "run `make lab` (or molecule converge) first")
     return str(found[-1])
 
 
-def lab_hosts() -> list[str]:
-    out = subprocess.run(["docker", "ps", "--filter", f"name={HOST_PREFIX}", "--format", "{{.Names}}"],
+def lab_hosts(scenario: str) -> list[str]:
+    prefix = PREFIXES.get(scenario, f"redis-infra-{scenario}-")
+    out = subprocess.run(["docker", "ps", "--filter", f"name={prefix}", "--format", "{{.Names}}"],
                          capture_output=True, text=True, check=True).stdout.split()
     if not out:
-        sys.exit("bench-converge: no lab container runs: run `make lab` first")
+        sys.exit(f"bench-converge: no {scenario} container runs: run `make lab` (or molecule converge) first")
     return sorted(out)
 
 
@@ -80,9 +84,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--project", type=Path, default=ROOT)
+    parser.add_argument("--scenario", default="lab")
     parser.add_argument("playbooks", nargs="*", default=["site.yml", "playbooks/redis.yml"])
     args = parser.parse_args()
-    inventory, hosts = lab_inventory(), lab_hosts()
+    inventory, hosts = lab_inventory(args.scenario), lab_hosts(args.scenario)
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, ANSIBLE_CONFIG=str(args.project / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")
