@@ -35,7 +35,9 @@ PREFIXES = {"lab": "redis-infra-lab-", "production": "redis-infra-prod-"}
 
 
 def lab_inventory(scenario: str) -> str:
-    found = sorted(Path.home().glob(f".ansible/tmp/molecule.*.{scenario}/inventory"))
+    # The newest: Molecule leaves the ephemeral directories of earlier runs behind.
+    found = sorted(Path.home().glob(f".ansible/tmp/molecule.*.{scenario}/inventory"),
+                   key=lambda path: path.stat().st_mtime)
     if not found:
         sys.exit(f"bench-converge: no {scenario} inventory under ~/.ansible/tmp: "
                  "run `make lab` (or molecule converge) first")
