@@ -98,6 +98,16 @@ def test_a_playbook_using_the_installed_collection_by_name_passes_the_syntax_che
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _run_module(installed, arguments):
+    """The installed redis_command module run once on localhost: (the process, the task's result)."""
+    installed = dict(installed, env=dict(installed["env"], ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+                                         ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json"))
+    result = _run(installed, _tool("ansible"), "localhost", "-c", "local", "-i", "localhost,",
+                  "-e", f"ansible_python_interpreter={sys.executable}", "-m", "redis_infra.redis.redis_command",
+                  "-a", json.dumps(arguments))
+    return result, json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
 def test_the_installed_module_runs_commands_on_a_real_server(installed, redis_factory, tmp_path):
     """The module and its module_utils as Ansible ships them to a host (AnsiballZ), against redis-server."""
     server = redis_factory("requirepass installed-collection-secret\n")
@@ -105,14 +115,9 @@ def test_the_installed_module_runs_commands_on_a_real_server(installed, redis_fa
     connection.write_text(f'name = "main"\nhost = "127.0.0.1"\nport = {server.port}\n'
                           'username = "default"\npassword = "installed-collection-secret"\n')
     connection.chmod(0o600)
-    args = json.dumps({"connection_file": str(connection), "commands": [["SET", "k", "v"], ["GET", "k"]]})
-    installed = dict(installed, env=dict(installed["env"], ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-                                         ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json"))
-    result = _run(installed, _tool("ansible"), "localhost", "-c", "local", "-i", "localhost,",
-                  "-e", f"ansible_python_interpreter={sys.executable}", "-m", "redis_infra.redis.redis_command",
-                  "-a", args)
+    result, outcome = _run_module(installed, {"connection_file": str(connection),
+                                              "commands": [["SET", "k", "v"], ["GET", "k"]]})
     assert result.returncode == 0, result.stdout + result.stderr
-    outcome = json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
     assert outcome["responses"] == ["OK", "v"]
     assert "installed-collection-secret" not in result.stdout
 
@@ -128,7 +133,7 @@ def test_the_installed_module_answers_several_queries_in_one_execution_each_on_i
     refused.write_text('name = "down"\nhost = "127.0.0.1"\nport = 1\nusername = "default"\npassword = "x"\n')
     for path in (good, refused):
         path.chmod(0o600)
-    args = json.dumps({"queries": [
+    result, outcome = _run_module(installed, {"queries": [
         {"connection_file": str(good), "commands": [["ROLE"]]},
         {"connection_file": str(tmp_path / "missing.toml"), "commands": [["ROLE"]]},
         {"connection_file": str(refused), "commands": [["ROLE"]]},
@@ -137,13 +142,8 @@ def test_the_installed_module_answers_several_queries_in_one_execution_each_on_i
         {"connection_file": str(good), "commands": [["CLIENT", "KILL", "SKIPME", "no"], ["PING"]]},
         {"connection_file": str(good), "commands": [["PING"]]},
     ]})
-    installed = dict(installed, env=dict(installed["env"], ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-                                         ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json"))
-    result = _run(installed, _tool("ansible"), "localhost", "-c", "local", "-i", "localhost,",
-                  "-e", f"ansible_python_interpreter={sys.executable}", "-m", "redis_infra.redis.redis_command",
-                  "-a", args)
     assert result.returncode == 0, result.stdout + result.stderr
-    answers = json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["answers"]
+    answers = outcome["answers"]
     assert answers[0]["responses"][0][0] == "master" and not answers[0].get("failed")
     assert answers[1]["failed"] and "cannot read connection file" in answers[1]["msg"]
     assert answers[2]["failed"] and "does not answer PING" in answers[2]["msg"]
