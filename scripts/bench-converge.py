@@ -8,13 +8,15 @@ not. Wall times are reported with a baseline taken in the same run: `ansible -m 
 hosts (one execution each), so the figure reads as a multiple of one round trip on this machine at
 this moment. Run it on a quiet machine: other Molecule scenarios beside it make wall times useless.
 
-    .venv/bin/python scripts/bench-converge.py [--runs 3] [--project DIR] [--scenario lab] [playbook ...]
+    .venv/bin/python scripts/bench-converge.py [--runs 3] [--project DIR] [--scenario lab] [--limit HOST] [playbook ...]
 
 Playbooks default to site.yml and playbooks/redis.yml, run from --project (default: this checkout),
 so an older checkout (git worktree) can be measured against the same lab. Each playbook is run once
 first so that the measured runs are no-ops; a measured run that changes something is reported.
 --scenario names another Molecule scenario whose hosts are up (`molecule converge -s production`: one
-production host without replication, and a monitoring host), measured the same way.
+production host without replication, and a monitoring host), measured the same way. --limit runs the
+playbooks on one host (pattern) only: `--scenario production --limit redis-infra-prod-12` is site.yml on one
+production host, as on an inventory of that host alone (the monitoring plays then have no host).
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--project", type=Path, default=ROOT)
     parser.add_argument("--scenario", default="lab")
+    parser.add_argument("--limit", help="run the playbooks on this host (pattern) only, as on a one-host inventory")
     parser.add_argument("playbooks", nargs="*", default=["site.yml", "playbooks/redis.yml"])
     args = parser.parse_args()
     inventory, hosts = lab_inventory(args.scenario), lab_hosts(args.scenario)
@@ -95,8 +98,9 @@ def main() -> int:
                PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")
     print(f"lab hosts: {', '.join(hosts)}; project: {args.project}")
     for playbook in args.playbooks:
-        command = [str(bin_dir / "ansible-playbook"), "-i", inventory, playbook]
-        ping = [str(bin_dir / "ansible"), "-i", inventory, "redis", "-m", "ansible.builtin.ping"]
+        limit = ["--limit", args.limit] if args.limit else []
+        command = [str(bin_dir / "ansible-playbook"), "-i", inventory, playbook, *limit]
+        ping = [str(bin_dir / "ansible"), "-i", inventory, args.limit or "redis", "-m", "ansible.builtin.ping"]
         timed(command, args.project, env, hosts)  # settle: the measured runs are no-ops
         counts, walls, ratios = [], [], []
         for _ in range(args.runs):

@@ -70,6 +70,17 @@ def test_prometheus_and_alertmanager_run_hardened_on_loopback(host):
     assert host.file("/etc/prometheus/secrets/redis-health-password").content_string.strip()
 
 
+def test_prometheus_is_recorded_running_the_files_as_they_are(host):
+    """A no-op run asks Prometheus nothing (tasks/service.yml): it was seen running these very files, as the
+    record says, and its last reload succeeded. A run that writes anything asks it again first."""
+    recorded = host.file("/var/lib/redis-infra/monitoring/prometheus-confirmed").content_string.split()
+    for path in ("/etc/prometheus/prometheus.yml", "/etc/prometheus/rules/redis-infra.yml",
+                 "/etc/prometheus/alertmanager.yml", "/etc/default/prometheus"):
+        assert host.check_output(f"sha1sum {path}").split()[0] in recorded, path
+    reload = prometheus(host, "query?query=prometheus_config_last_reload_successful")["result"]
+    assert [sample["value"][1] for sample in reload] == ["1"], reload
+
+
 def test_health_checker_scraped_over_tls_with_basic_auth(host):
     assert wait_for_targets_up(host), "Prometheus never scraped the health checker"
     targets = [t for t in prometheus(host, "targets")["activeTargets"] if t["labels"]["job"] == "redis-infra-health"]
