@@ -22,7 +22,8 @@ CASES = {
     },
     "the first failing check speaks": {
         "checks": [{"name": "list", "that": "numbers | length == 3", "fail_msg": "never"},
-                   {"name": "each", "loop": "numbers", "label": "number {{ item }}", "that": ["item is number", "item < 3"],
+                   {"name": "each", "loop": "numbers", "label": "number {{ item }}",
+                    "that": ["item is number", "item < 3"],
                     "fail_msg": "{{ item }} is 3 or more ({{ numbers | sum }} in all)"},
                    {"name": "later", "that": "false", "fail_msg": "not reached"}],
     },

@@ -338,7 +338,8 @@ def test_every_setting_has_a_rule():
 
 def test_health_preflight_knows_the_checkers_threshold_defaults():
     defaults = THRESHOLD_DEFAULTS
-    role = _task_vars("roles/redis_health/tasks/preflight.yml", "Check the health checker's settings, thresholds and exposure")
+    role = _task_vars("roles/redis_health/tasks/preflight.yml",
+                      "Check the health checker's settings, thresholds and exposure")
     assert role["__redis_health_defaults"] == defaults
     spec = yaml.safe_load((ROOT / "roles/redis_health/meta/argument_specs.yml").read_text())
     assert set(spec["argument_specs"]["main"]["options"]["redis_health_thresholds"]["options"]) == set(defaults)
