@@ -48,16 +48,23 @@ class ActionModule(ActionBase):
                 scopes = [(item, {**base, loop_var: item}) for item in items]
             else:
                 scopes = [(None, None)]
+            # Like a loop of assert tasks, every element of a check's loop is checked, and each that fails is
+            # reported (the elements of one check do not rely on each other); the next check does not run.
+            failures = []
             for item, variables in scopes:
                 templar = self._templar if variables is None else self._templar.copy_with_new_env(
                     available_variables=variables)
-                for that in thats:
-                    if not templar.evaluate_conditional(that):
-                        result.update(failed=True, check=name, assertion=that,
-                                      msg=to_text(templar.template(check["fail_msg"])))
-                        if variables is not None:
-                            result["item"] = to_text(templar.template(check["label"])) if "label" in check else item
-                        return result
+                that = next((that for that in thats if not templar.evaluate_conditional(that)), None)
+                if that is not None:
+                    label = None if variables is None else (
+                        to_text(templar.template(check["label"])) if "label" in check else item)
+                    failures.append((that, label, to_text(templar.template(check["fail_msg"]))))
+            if failures:
+                result.update(failed=True, check=name, assertion=failures[0][0],
+                              msg=" ".join(message for _, _, message in failures))
+                if "loop" in check:
+                    result.update(item=failures[0][1], items=[label for _, label, _ in failures])
+                return result
         result.update(changed=False, msg=f"All checks passed ({len(checks)})")
         return result
 

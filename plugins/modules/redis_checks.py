@@ -15,7 +15,8 @@ description:
   - The preflight of the collection's roles. Each check is what an M(ansible.builtin.assert) task would check
     (its conditions, its message, optionally its own condition and a loop), and the checks run one after
     the other in one task on the controller. The first check that fails fails the task with that check's
-    message, which is rendered then and only then.
+    message, which is rendered then and only then; for a check with a loop, every element is checked and
+    the message of each element that fails is given.
   - A later check (its condition, its loop, its conditions and its message) is only evaluated once every
     check before it passed, so it may rely on what an earlier check made sure of, as with consecutive tasks
     of M(ansible.builtin.assert).
@@ -97,11 +98,16 @@ assertion:
   returned: failure
   type: str
 item:
-  description: The element of the loop the condition was false for (its label when the check has one).
+  description: The first element of the loop a condition was false for (its label when the check has one).
   returned: failure of a check with a loop
   type: raw
+items:
+  description: Every element of the loop a condition was false for (their labels when the check has one).
+  returned: failure of a check with a loop
+  type: list
+  elements: raw
 msg:
-  description: The failed check's message, or that all passed (and how many there are).
+  description: The failed check's message (each failed element's, for a check with a loop), or that all passed.
   returned: always
   type: str
 """

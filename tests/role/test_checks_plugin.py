@@ -24,8 +24,11 @@ CASES = {
         "checks": [{"name": "list", "that": "numbers | length == 3", "fail_msg": "never"},
                    {"name": "each", "loop": "numbers", "label": "number {{ item }}",
                     "that": ["item is number", "item < 3"],
-                    "fail_msg": "{{ item }} is 3 or more ({{ numbers | sum }} in all)"},
+                    "fail_msg": "{{ item }} is 3 or more ({{ numbers | sum }} in all)."},
                    {"name": "later", "that": "false", "fail_msg": "not reached"}],
+    },
+    "every failing element of a loop is reported": {
+        "checks": [{"name": "each", "loop": "numbers", "that": "item < 2", "fail_msg": "{{ item }} is 2 or more."}],
     },
     # A guard: the later check's loop, conditions and message would fail on what the first refuses.
     "a later check relies on an earlier one": {
@@ -78,9 +81,17 @@ def test_the_first_failing_check_fails_the_task_with_its_message_and_element(res
     result = results["the first failing check speaks"]
     assert result["failed"]
     assert result["check"] == "each"
-    assert result["msg"] == "3 is 3 or more (6 in all)"
+    assert result["msg"] == "3 is 3 or more (6 in all)."
     assert result["item"] == "number 3"
+    assert result["items"] == ["number 3"]
     assert result["assertion"] == "item < 3"
+
+
+def test_every_failing_element_of_a_loop_is_reported_as_a_loop_of_asserts_would(results):
+    result = results["every failing element of a loop is reported"]
+    assert result["failed"]
+    assert result["msg"] == "2 is 2 or more. 3 is 2 or more."
+    assert result["items"] == [2, 3]
 
 
 def test_a_later_check_is_not_evaluated_once_an_earlier_one_failed(results):
