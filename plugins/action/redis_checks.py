@@ -60,10 +60,10 @@ class ActionModule(ActionBase):
                         to_text(templar.template(check["label"])) if "label" in check else item)
                     failures.append((that, label, to_text(templar.template(check["fail_msg"]))))
             if failures:
-                result.update(failed=True, check=name, assertion=failures[0][0],
-                              msg=" ".join(message for _, _, message in failures))
+                assertions, labels, messages = zip(*failures, strict=True)
+                result.update(failed=True, check=name, assertion=assertions[0], msg=" ".join(messages))
                 if "loop" in check:
-                    result.update(item=failures[0][1], items=[label for _, label, _ in failures])
+                    result.update(item=labels[0], items=list(labels))
                 return result
         result.update(changed=False, msg=f"All checks passed ({len(checks)})")
         return result
