@@ -696,7 +696,11 @@ def test_a_held_shard_keeps_its_replica_from_taking_over_while_its_primary_is_do
         time.sleep(5)   # 2.5 node timeouts: without the hold the replica would have taken over
         assert "cluster_state:fail" in _call(settings, replica, "CLUSTER", "INFO")
         assert _call(settings, replica, "ROLE")[0] == "slave"
+        # Asked from the replica while its primary is down: the nodes say fail, and the wait says so in time.
+        with pytest.raises(shard.ShardError, match="not ok on every node within 1 s"):
+            shard.wait_cluster_ok(dict(settings, host="127.0.0.1", port=replica["port"]), 1)
         process.start()
+        assert len(shard.wait_cluster_ok(local, 30)) == len(nodes)   # what the restore waits for
         redis_cluster.wait_for(settings, nodes, "ok", 30)
         assert shard.inspect(local)["role"] == "primary"
         assert shard.set_failover(local, seen["_replicas"], False, check_mode=False)

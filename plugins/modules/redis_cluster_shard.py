@@ -23,6 +23,9 @@ description:
     as many keys as the node itself, and fails naming those that did not.
   - With O(expect_slots), fails unless the node is a primary that serves exactly those slots (a failover since an
     earlier look), before O(failover) or O(wait_replicas) acts.
+  - With O(wait_cluster_ok), waits until every node the node lists answers C(cluster_state:ok), and fails naming
+    those that did not. The other nodes mark a primary stopped for longer than the node timeout as failing,
+    and clear the mark only a while (two node timeouts) after it is back; until then they refuse every client.
   - Reads each replica's C(cluster-replica-no-failover) (RV(held_replicas)); replicas that do not answer are
     listed in RV(unreachable_replicas).
 options:
@@ -42,6 +45,10 @@ options:
     description: The slots (C(start-end) runs, as RV(slots) gives them) the node must serve as a primary.
     type: list
     elements: str
+  wait_cluster_ok:
+    description: Seconds to wait for every node of the cluster to say C(cluster_state:ok) (0, the default, does not).
+    type: int
+    default: 0
   replicas:
     description:
       - The replicas as V(address:port), instead of those the node names (C(replicas) of an earlier run). Lets
@@ -112,6 +119,11 @@ replica_keys:
   description: With O(wait_replicas), each replica's key count once it holds the node's data.
   returned: when O(wait_replicas) is set
   type: dict
+cluster_ok_nodes:
+  description: With O(wait_cluster_ok), every node (V(address:port)) that said C(cluster_state:ok).
+  returned: when O(wait_cluster_ok) is set
+  type: list
+  elements: str
 held_replicas:
   description: V(address:port) of the replicas whose C(cluster-replica-no-failover) is C(yes) (before O(failover) acts).
   returned: always
@@ -256,12 +268,37 @@ def wait_replicas(settings, replicas, timeout):
         time.sleep(1)
 
 
+def wait_cluster_ok(settings, timeout):
+    """Until every node this node lists (its own view, read again each round) answers cluster_state:ok over TCP:
+    the endpoints that were waited for, sorted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = [entry for entry in parse_nodes(_call(settings, "CLUSTER", "NODES")).values()
+                 if not entry["flags"] & {"handshake", "noaddr"}]
+        waiting = []
+        for entry in nodes:
+            endpoint = f"{entry['address']}:{entry['port']}"
+            try:
+                state = _fields(_call(settings, "CLUSTER", "INFO", address=entry["address"], port=entry["port"]))
+            except ShardError as exc:
+                waiting.append(str(exc))
+                continue
+            if state.get("cluster_state", "").strip() != "ok":
+                waiting.append(f"{endpoint}: cluster_state {state.get('cluster_state', '?').strip()}")
+        if not waiting:
+            return sorted(f"{entry['address']}:{entry['port']}" for entry in nodes)
+        if time.monotonic() >= deadline:
+            raise ShardError(f"the cluster was not ok on every node within {timeout} s: " + "; ".join(waiting))
+        time.sleep(1)
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
             "connection_file": {"type": "path", "required": True},
             "failover": {"type": "str", "choices": ["held", "allowed"]},
             "wait_replicas": {"type": "int", "default": 0},
+            "wait_cluster_ok": {"type": "int", "default": 0},
             "replicas": {"type": "list", "elements": "str"},
             "expect_slots": {"type": "list", "elements": "str"},
         },
@@ -298,6 +335,8 @@ def main():
             changed = set_failover(settings, replicas, params["failover"] == "held", module.check_mode)
         if params["wait_replicas"] and not module.check_mode:
             result["replica_keys"] = wait_replicas(settings, replicas, params["wait_replicas"])
+        if params["wait_cluster_ok"] and not module.check_mode:
+            result["cluster_ok_nodes"] = wait_cluster_ok(settings, params["wait_cluster_ok"])
     except ShardError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(changed=changed, **result)
